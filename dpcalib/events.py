@@ -1,0 +1,107 @@
+"""Mechanisms as data.
+
+A DP event describes *what was released*, never how to account for it: accountants
+(:mod:`dpcalib.accountant`) walk these frozen dataclasses, as Google's ``dp_accounting`` separates its
+``dp_event`` module from its accountants.
+
+All Gaussian noise is expressed as a *noise multiplier*: the standard deviation divided by the L2 sensitivity
+(the clipping norm C in DP-SGD), so ``Gaussian(sigma)`` has sensitivity 1 and noise std ``sigma``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+from .errors import InvalidArgumentError, check_count, check_positive, check_rate
+
+__all__ = [
+    "Neighbouring",
+    "Gaussian",
+    "PoissonSampled",
+    "SampledWithoutReplacement",
+    "Composed",
+    "Repeated",
+    "Event",
+    "dpsgd_event",
+]
+
+
+class Neighbouring(str, enum.Enum):
+    """The neighbouring relation between datasets that the guarantee is stated for.
+
+    ``ADD_REMOVE``: D' is D with one record added or removed (the default of Opacus, dp_accounting, TF Privacy).
+    ``REPLACE_ONE``: D' is D with one record replaced (same size); needed for fixed-size sampling without
+    replacement (Wang, Balle, Kasiviswanathan 2019).
+    """
+
+    ADD_REMOVE = "add_remove"
+    REPLACE_ONE = "replace_one"
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """The Gaussian mechanism with L2 sensitivity 1 and noise standard deviation ``sigma``."""
+
+    sigma: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", check_positive("sigma", self.sigma))
+
+
+@dataclass(frozen=True)
+class PoissonSampled:
+    """``event`` run on a Poisson subsample: each record is included independently with probability ``q``."""
+
+    q: float
+    event: "Event"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "q", check_rate("q", self.q))
+
+
+@dataclass(frozen=True)
+class SampledWithoutReplacement:
+    """``event`` run on a uniformly random subset of exactly ``batch`` records out of ``n``."""
+
+    n: int
+    batch: int
+    event: "Event"
+
+    def __post_init__(self) -> None:
+        n = check_count("n", self.n)
+        batch = check_count("batch", self.batch)
+        if batch > n:
+            raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "batch", batch)
+
+
+@dataclass(frozen=True)
+class Repeated:
+    """``event`` run ``count`` times (adaptive composition)."""
+
+    event: "Event"
+    count: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "count", check_count("count", self.count))
+
+
+@dataclass(frozen=True)
+class Composed:
+    """The adaptive composition of several, possibly different, events (e.g. training phases)."""
+
+    events: tuple["Event", ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "events", tuple(self.events))
+
+
+Event = Union[Gaussian, PoissonSampled, SampledWithoutReplacement, Repeated, Composed]
+
+
+def dpsgd_event(*, sigma: float, q: float, steps: int) -> Event:
+    """The event of ``steps`` DP-SGD steps with Poisson rate ``q`` and noise multiplier ``sigma``."""
+    return Repeated(PoissonSampled(q, Gaussian(sigma)), steps)
