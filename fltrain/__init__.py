@@ -1,0 +1,1 @@
+"""fltrain: differentially private federated training (FedAvg, DP-SGD), calibrated by dpcalib."""
