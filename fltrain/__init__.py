@@ -1,1 +1,0 @@
-"""fltrain: differentially private federated training (FedAvg, DP-SGD), calibrated by dpcalib."""
