@@ -37,7 +37,7 @@ def _without_timing(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in ("seconds", "elapsed")} for row in rows]
 
 
-@pytest.mark.parametrize("dp", ["none"])
+@pytest.mark.parametrize("dp", ["none", "sample"])
 def test_resume_after_interruption_equals_uninterrupted_run(data_root, tmp_path, dp):
     whole = _config(data_root, tmp_path / "whole", dp=dp)
     summary = run(whole)
