@@ -152,8 +152,6 @@ class RunConfig:
             raise ConfigError(f"model 'cifar-cnn' takes 3x32x32 images; dataset {self.dataset!r} has 1x28x28")
         if self.dp == "client":
             raise ConfigError("dp='client' (client-level DP-FedAvg) is not implemented yet; use --dp sample or none")
-        if self.secure_agg:
-            raise ConfigError("secure_agg (secure aggregation) is not implemented yet; run without --secure-agg")
 
     @property
     def resolved_model(self) -> str:

@@ -23,7 +23,9 @@ import torch
 
 from .client import ClientUpdates, LocalTrainer
 
-__all__ = ["ClientSampler", "FractionSampler", "Aggregator", "WeightedMean", "RoundResult", "FedAvgServer"]
+__all__ = [
+    "ClientSampler", "FractionSampler", "Aggregator", "fedavg_weights", "WeightedMean", "RoundResult", "FedAvgServer",
+]
 
 
 class ClientSampler(Protocol):
@@ -40,8 +42,12 @@ class FractionSampler:
 
     fraction: float
 
+    def count(self, num_clients: int) -> int:
+        """How many clients a round takes out of ``num_clients``."""
+        return max(1, round(self.fraction * num_clients))
+
     def sample(self, num_clients: int, generator: torch.Generator) -> torch.Tensor:
-        count = max(1, round(self.fraction * num_clients))
+        count = self.count(num_clients)
         if count >= num_clients:
             return torch.arange(num_clients)
         return torch.randperm(num_clients, generator=generator)[:count].sort().values
@@ -54,14 +60,18 @@ class Aggregator(Protocol):
         ...
 
 
+def fedavg_weights(num_samples: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """FedAvg's weights ``w_k = n_k / Σ_j n_j`` over the sampled clients (they sum to 1)."""
+    weights = num_samples.to(dtype)
+    return weights / weights.sum()
+
+
 @dataclass(frozen=True)
 class WeightedMean:
     """Σ_k w_k Δ_k with w_k = n_k / Σ_j n_j over the sampled clients (FedAvg's weighting)."""
 
     def aggregate(self, updates: ClientUpdates, generator: torch.Generator) -> torch.Tensor:
-        weights = updates.num_samples.to(updates.deltas.dtype)
-        weights = weights / weights.sum()
-        return weights @ updates.deltas
+        return fedavg_weights(updates.num_samples, updates.deltas.dtype) @ updates.deltas
 
 
 @dataclass

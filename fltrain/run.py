@@ -30,9 +30,10 @@ from .client import LocalTrainer, LocalTraining, sampling_rates
 from .config import ConfigError, RunConfig
 from .data import load_dataset, partition
 from .dpsgd import make_engine
-from .fedavg import FedAvgServer, FractionSampler, WeightedMean
+from .fedavg import Aggregator, FedAvgServer, FractionSampler, WeightedMean
 from .models import ParamLayout, build_model
 from .privacy import PrivacyLedger, make_plan
+from .secagg.aggregate import SecureWeightedMean
 
 __all__ = ["Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "SUMMARY"]
 
@@ -124,11 +125,23 @@ def _rewrite_metrics(path: Path, upto_round: int) -> None:
         os.replace(tmp, path)
 
 
+def _aggregator(cfg: RunConfig, clients_per_round: int) -> Aggregator:
+    """Plain weighted mean, or the same under secure aggregation (the server then sees only the sum)."""
+    if not cfg.secure_agg:
+        return WeightedMean()
+    if clients_per_round < 2:
+        raise ConfigError(f"secure_agg needs at least 2 clients per round (the sum of one client is its update); "
+                          f"clients={cfg.clients} with client_fraction={cfg.client_fraction} gives {clients_per_round}")
+    return SecureWeightedMean()
+
+
 def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = None) -> RunSummary:
     """Carry out (or, with ``resume``, continue) the run described by ``cfg``; see the module docstring."""
     progress = progress or Progress()
     out = Path(cfg.out)
     state = _check_out_dir(cfg, out, resume)
+    sampler = FractionSampler(cfg.client_fraction)
+    aggregator = _aggregator(cfg, sampler.count(cfg.clients))
     torch.set_num_threads(cfg.threads)
 
     data = load_dataset(cfg.dataset, cfg.data_dir, train_samples=cfg.train_samples, test_samples=cfg.test_samples)
@@ -159,8 +172,8 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     )
     trainer = LocalTrainer(layout, make_engine(model, cfg.engine), data.x_train, data.y_train, members, local)
     initial = layout.flatten(dict(model.named_parameters())).detach()
-    server = FedAvgServer(initial, trainer, sampler=FractionSampler(cfg.client_fraction), aggregator=WeightedMean(),
-                          server_lr=cfg.server_lr, server_momentum=cfg.server_momentum)
+    server = FedAvgServer(initial, trainer, sampler=sampler, aggregator=aggregator, server_lr=cfg.server_lr,
+                          server_momentum=cfg.server_momentum)
     generator = torch.Generator().manual_seed(cfg.seed)
 
     start_round, elapsed = 0, 0.0

@@ -10,6 +10,7 @@ the AEAD's job (:mod:`fltrain.secagg.crypto`).
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Iterable, Mapping
 
@@ -53,18 +54,26 @@ def combine(shares: Mapping[int, bytes], threshold: int, secret_len: int) -> byt
     """
     if len(shares) < threshold:
         raise InvalidArgumentError("shares", len(shares), f"at least threshold={threshold} shares")
-    xs = sorted(shares)[:threshold]
+    xs = tuple(sorted(shares)[:threshold])
     ys = [int.from_bytes(shares[x], "big") for x in xs]
     if any(y >= PRIME for y in ys):
         raise InvalidArgumentError("shares", "value >= 2^521 - 1", "field elements")
-    secret = 0
-    for i, (xi, yi) in enumerate(zip(xs, ys)):
+    secret = sum(y * c for y, c in zip(ys, _lagrange_at_zero(xs))) % PRIME
+    if secret >= 1 << (8 * secret_len):
+        raise InvalidArgumentError("shares", "inconsistent shares", f"a secret of {secret_len} bytes")
+    return secret.to_bytes(secret_len, "big")
+
+
+@functools.lru_cache(maxsize=64)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """The coefficients ``Π_{j≠i} x_j / (x_j - x_i)`` mod PRIME; cached, since a server combines the secrets of
+    many clients from the same holders."""
+    out = []
+    for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if j != i:
                 num = num * xj % PRIME
                 den = den * (xj - xi) % PRIME
-        secret = (secret + yi * num * pow(den, -1, PRIME)) % PRIME
-    if secret >= 1 << (8 * secret_len):
-        raise InvalidArgumentError("shares", "inconsistent shares", f"a secret of {secret_len} bytes")
-    return secret.to_bytes(secret_len, "big")
+        out.append(num * pow(den, -1, PRIME) % PRIME)
+    return tuple(out)

@@ -24,8 +24,6 @@ def test_bad_values_name_the_argument(field, value):
 def test_unimplemented_modes_are_refused_clearly():
     with pytest.raises(ConfigError, match="client-level"):
         RunConfig(dp="client")
-    with pytest.raises(ConfigError, match="secure aggregation"):
-        RunConfig(secure_agg=True)
     with pytest.raises(ConfigError, match="cifar-cnn"):
         RunConfig(dataset="cifar10", model="tanh-cnn")
 
