@@ -59,8 +59,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import fft as sp_fft
-from scipy import special
 
 from .errors import InvalidArgumentError, check_count, check_open_unit, check_positive, check_rate
 
@@ -201,6 +199,8 @@ def _x_of_loss(loss: np.ndarray, q: float, sigma: float) -> np.ndarray:
 
 def _normal_masses(z: np.ndarray) -> np.ndarray:
     """Φ(z[i+1]) − Φ(z[i]) for increasing edges z, from whichever tail keeps full relative precision."""
+    from scipy import special  # scipy.special and scipy.fft are imported on first use: `dpcalib --help` stays fast
+
     lower, upper = special.ndtr(z), special.ndtr(-z)
     right = upper[:-1] - upper[1:]
     left = lower[1:] - lower[:-1]
@@ -209,6 +209,8 @@ def _normal_masses(z: np.ndarray) -> np.ndarray:
 
 def _loss_range(q: float, sigma: float, direction: str, tail_mass: float) -> tuple[float, float]:
     """Losses below/above which each direction's P-mass is at most ``tail_mass``."""
+    from scipy import special
+
     z = -float(special.ndtri(tail_mass))  # Φ̄(z) = tail_mass
     log1mq = _log1m(q)
 
@@ -314,6 +316,8 @@ def compose(steps: Sequence[tuple[DiscretePld, int]], *, tail_mass: float = DEFA
     bound on that outside mass becomes the result's ``slack``. Raises ``_GridTooLarge`` if N would exceed
     :data:`MAX_GRID_POINTS`.
     """
+    from scipy import fft as sp_fft
+
     step, pessimistic = steps[0][0].interval, steps[0][0].pessimistic
     log_tail = math.log(tail_mass)
     lambdas = _chernoff_lambdas(steps, log_tail)
