@@ -1,0 +1,303 @@
+"""Tests of client-level DP-FedAvg (fltrain.clientdp): sampling, clipping, server noise, adaptive clipping,
+server optimisers, accounting through dpcalib, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import dpcalib
+from dpcalib.errors import InvalidArgumentError
+from fltrain.clientdp import (
+    AdaptiveClip,
+    ClientDeltaWarning,
+    ClientDPAggregator,
+    ServerAdam,
+    ServerSGD,
+    clip_deltas,
+    default_client_delta,
+    make_server_optimizer,
+    plan_client_dp,
+    poisson_sample_clients,
+    resolve_client_delta,
+    sum_noise_multiplier,
+)
+
+torch.set_num_threads(1)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- clipping ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clip", [1e-3, 0.1, 1.0, 37.0])
+def test_every_clipped_delta_has_norm_at_most_clip(clip: float) -> None:
+    g = _gen(0)
+    scales = torch.logspace(-5, 5, 64, dtype=torch.float64).unsqueeze(1)
+    deltas = (torch.randn(64, 1000, generator=g, dtype=torch.float64) * scales).float()
+    deltas[0] = 0.0  # a client that did not move
+    clipped, norms = clip_deltas(deltas, clip)
+    out = torch.linalg.vector_norm(clipped.double(), dim=1)
+    assert bool((out <= clip * (1 + 1e-6)).all())
+    # small deltas pass unchanged, large ones keep their direction and land on the sphere of radius C
+    small = norms <= clip
+    assert torch.equal(clipped[small], deltas[small])
+    assert torch.allclose(out[~small], torch.full_like(out[~small], clip), rtol=1e-6)
+    cos = torch.nn.functional.cosine_similarity(clipped[~small].double(), deltas[~small].double(), dim=1)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-6)
+
+
+# --- server noise and the fixed denominator ---------------------------------------------------------------------
+
+
+def test_server_noise_std_is_sigma_times_clip() -> None:
+    dim, clip, z, m = 200_000, 0.7, 1.3, 10.0
+    agg = ClientDPAggregator(dim=dim, clip=clip, sum_noise_multiplier=z, expected_clients=m)
+    g = _gen(1)
+    deltas = torch.randn(3, dim, generator=g)  # norm ≈ 447 > C: all clipped
+    clipped, _ = clip_deltas(deltas, clip)
+    mean, stats = agg.aggregate(deltas, generator=g)
+    noise = mean.double() * m - clipped.double().sum(0)  # the fixed denominator m, not the 3 clients present
+    std = float(noise.std())
+    # sample std of d normals has relative standard error 1/sqrt(2d) ≈ 0.16 %; allow 5 of them
+    assert abs(std / (z * clip) - 1) < 5 / math.sqrt(2 * dim)
+    assert abs(float(noise.mean())) < 5 * z * clip / math.sqrt(dim)
+    assert stats["noise_std"] == pytest.approx(z * clip)
+
+
+def test_noise_is_released_when_no_client_is_sampled() -> None:
+    agg = ClientDPAggregator(dim=50_000, clip=2.0, sum_noise_multiplier=0.5, expected_clients=4.0)
+    mean, _ = agg.aggregate([], generator=_gen(2))
+    assert abs(float(mean.double().std() * 4.0) / 1.0 - 1) < 5 / math.sqrt(2 * 50_000)
+
+
+def test_streamed_chunks_equal_one_batch() -> None:
+    g = _gen(3)
+    deltas = torch.randn(7, 30, generator=g)
+    agg = ClientDPAggregator(dim=30, clip=1.5, sum_noise_multiplier=1.0, expected_clients=5.0)
+    whole, _ = agg.aggregate(deltas, generator=_gen(4))
+    parts, _ = agg.aggregate([deltas[:2], deltas[2], deltas[3:]], generator=_gen(4))
+    assert torch.allclose(whole, parts, atol=1e-6)
+
+
+# --- client sampling --------------------------------------------------------------------------------------------
+
+
+def test_poisson_client_sampling_mean_and_variance() -> None:
+    n, q, trials = 1000, 0.05, 4000
+    g = _gen(5)
+    counts = torch.empty(trials, dtype=torch.float64)
+    hits = torch.zeros(n, dtype=torch.float64)
+    for t in range(trials):
+        idx = poisson_sample_clients(n, q, generator=g)
+        assert torch.equal(idx, torch.unique(idx))  # distinct and sorted
+        counts[t] = idx.numel()
+        hits[idx] += 1
+    mean, var = n * q, n * q * (1 - q)
+    assert abs(float(counts.mean()) - mean) < 5 * math.sqrt(var / trials)
+    # the sample variance of a (near-)normal count has standard error var*sqrt(2/(T-1))
+    assert abs(float(counts.var()) - var) < 5 * var * math.sqrt(2 / (trials - 1))
+    # every client is included at rate q (a client that is never or always chosen would show here)
+    assert abs(float(hits.mean()) / trials - q) < 1e-3
+    assert float(hits.min()) > 0 and float(hits.max()) < trials * 2 * q
+
+
+def test_poisson_sampling_is_reproducible() -> None:
+    a = poisson_sample_clients(500, 0.1, generator=_gen(9))
+    b = poisson_sample_clients(500, 0.1, generator=_gen(9))
+    assert torch.equal(a, b)
+
+
+# --- adaptive clipping ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quantile", [0.3, 0.5, 0.9])
+def test_adaptive_clipping_converges_to_target_quantile(quantile: float) -> None:
+    n, m = 1000, 100.0
+    g = _gen(6)
+    # synthetic update norms: log-normal across clients, each client's norm fixed over rounds
+    norms = torch.exp(torch.randn(n, generator=g, dtype=torch.float64) * 0.8)
+    directions = torch.nn.functional.normalize(torch.randn(n, 8, generator=g, dtype=torch.float64), dim=1)
+    deltas = (directions * norms.unsqueeze(1)).float()
+    plan_sb = m / 20
+    agg = ClientDPAggregator(
+        dim=8,
+        clip=AdaptiveClip(0.01, target_quantile=quantile, clip_lr=0.2, count_noise_std=plan_sb),
+        sum_noise_multiplier=1.0,
+        expected_clients=m,
+    )
+    clips = []
+    for _ in range(400):
+        idx = poisson_sample_clients(n, m / n, generator=g)
+        agg.aggregate(deltas[idx], generator=g)
+        clips.append(agg.clip)
+    final = sum(clips[-100:]) / 100
+    achieved = float((norms <= final).double().mean())
+    assert abs(achieved - quantile) < 0.05, (final, achieved)
+    assert abs(final / float(torch.quantile(norms, quantile)) - 1) < 0.15
+
+
+def test_adaptive_clip_step_is_geometric() -> None:
+    clip = AdaptiveClip(2.0, target_quantile=0.5, clip_lr=0.3, count_noise_std=1e-12)
+    fraction = clip.update(below=10, sampled=10, expected_clients=10.0)  # everyone below C: C must shrink
+    assert fraction == pytest.approx(1.0)
+    assert clip.clip == pytest.approx(2.0 * math.exp(-0.3 * 0.5))
+
+
+def test_sum_noise_split_recovers_total_multiplier() -> None:
+    z, sb = 1.1, 2.5
+    z_sum = sum_noise_multiplier(z, sb)
+    assert z_sum > z
+    assert z_sum**-2 + (2 * sb) ** -2 == pytest.approx(z**-2, rel=1e-12)
+    with pytest.raises(InvalidArgumentError, match="count_noise_std"):
+        sum_noise_multiplier(2.0, 1.0)  # 2σ_b = z leaves no noise for the sum
+
+
+def test_aggregator_state_round_trips() -> None:
+    agg = ClientDPAggregator(
+        dim=4,
+        clip=AdaptiveClip(1.0, target_quantile=0.5, clip_lr=0.2, count_noise_std=0.5),
+        sum_noise_multiplier=1.2,
+        expected_clients=3.0,
+    )
+    agg.aggregate(torch.ones(2, 4), generator=_gen(7))
+    copy = ClientDPAggregator.from_state_dict(agg.state_dict())
+    a, _ = agg.aggregate(torch.ones(2, 4) * 3, generator=_gen(8))
+    b, _ = copy.aggregate(torch.ones(2, 4) * 3, generator=_gen(8))
+    assert torch.equal(a, b) and agg.clip == copy.clip
+
+
+# --- server optimisers ------------------------------------------------------------------------------------------
+
+
+def test_server_sgd_is_fedavg_and_momentum_accumulates() -> None:
+    x = torch.zeros(3)
+    ServerSGD(lr=1.0).step(x, torch.tensor([1.0, -2.0, 0.5]))
+    assert torch.equal(x, torch.tensor([1.0, -2.0, 0.5]))
+    opt, y, u = ServerSGD(lr=0.5, momentum=0.9), torch.zeros(1), torch.ones(1)
+    opt.step(y, u)
+    opt.step(y, u)
+    assert float(y) == pytest.approx(0.5 * 1 + 0.5 * (0.9 + 1))
+
+
+def test_server_adam_matches_reddi_algorithm() -> None:
+    lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
+    opt, x = ServerAdam(lr=lr, beta1=b1, beta2=b2, tau=tau), torch.zeros(1, dtype=torch.float64)
+    m = v = 0.0
+    ref = 0.0
+    for u in (2.0, -1.0, 0.5):
+        opt.step(x, torch.tensor([u], dtype=torch.float64))
+        g = -u
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        ref -= lr * m / (math.sqrt(v) + tau)
+        assert float(x) == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_server_optimizer_resume_is_exact(name: str) -> None:
+    kwargs = {"lr": 0.3, "momentum": 0.5} if name == "sgd" else {"lr": 0.3}
+    a, xa = make_server_optimizer(name, **kwargs), torch.zeros(5)
+    a.step(xa, torch.arange(5.0))
+    b, xb = make_server_optimizer(name, **kwargs), xa.clone()
+    b.load_state_dict(a.state_dict())
+    a.step(xa, torch.ones(5))
+    b.step(xb, torch.ones(5))
+    assert torch.equal(xa, xb)
+
+
+# --- accounting -------------------------------------------------------------------------------------------------
+
+
+def test_ledger_equals_dpcalib_epsilon_for_the_same_event() -> None:
+    plan = plan_client_dp(num_clients=1000, expected_clients=50, rounds=200, eps=2.0, delta=1e-5)
+    assert plan.q == pytest.approx(0.05)
+    assert plan.noise_multiplier == pytest.approx(
+        dpcalib.calibrate_sigma(eps=2.0, delta=1e-5, q=0.05, steps=200), rel=0, abs=0
+    )
+    # the plan's ε after r rounds is dpcalib's ε of the Poisson-sampled Gaussian over r rounds, and stays within budget
+    for rounds in (1, 57, 200):
+        expected = dpcalib.epsilon(sigma=plan.noise_multiplier, q=0.05, steps=rounds, delta=1e-5)
+        assert plan.epsilon(rounds) == pytest.approx(expected, rel=1e-12)
+    assert plan.epsilon() <= 2.0
+    acc = dpcalib.make_accountant("rdp")
+    for _ in range(200):
+        acc.compose(plan.round_event())
+    assert acc.epsilon(1e-5) == pytest.approx(plan.epsilon(), rel=1e-9)
+
+
+def test_adaptive_plan_spends_the_same_budget_with_less_noise_on_the_sum() -> None:
+    fixed = plan_client_dp(num_clients=1000, expected_clients=100, rounds=50, eps=8.0, delta=1e-5)
+    adaptive = plan_client_dp(num_clients=1000, expected_clients=100, rounds=50, eps=8.0, delta=1e-5, adaptive=True)
+    assert adaptive.noise_multiplier == fixed.noise_multiplier  # the accountant sees the same event
+    assert adaptive.count_noise_std == pytest.approx(5.0)  # m/20
+    assert adaptive.sum_noise_multiplier > fixed.sum_noise_multiplier == fixed.noise_multiplier
+    assert adaptive.epsilon() <= 8.0
+
+
+def test_plan_with_given_noise_reports_its_epsilon() -> None:
+    plan = plan_client_dp(num_clients=500, expected_clients=25, rounds=10, noise_multiplier=1.0, delta=1e-4)
+    assert plan.target_eps is None
+    assert plan.epsilon() == pytest.approx(dpcalib.epsilon(sigma=1.0, q=0.05, steps=10, delta=1e-4), rel=1e-12)
+
+
+def test_default_delta_and_warning() -> None:
+    assert default_client_delta(1000) == pytest.approx(1000**-1.1)
+    assert resolve_client_delta(None, 1000) < 1 / 1000
+    with pytest.warns(ClientDeltaWarning, match="1/clients"):
+        resolve_client_delta(1e-3, 1000)
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"eps": 0.0}, "eps"),
+        ({"eps": -1.0}, "eps"),
+        ({"eps": 2.0, "delta": 1.5}, "delta"),
+        ({"eps": 2.0, "delta": 0.0}, "delta"),
+        ({"eps": 2.0, "expected_clients": 2000}, "expected_clients"),
+        ({"eps": 2.0, "expected_clients": 0}, "expected_clients"),
+        ({"eps": 2.0, "rounds": 0}, "rounds"),
+        ({"eps": 2.0, "num_clients": 1}, "num_clients"),
+        ({}, "eps"),
+        ({"eps": 2.0, "noise_multiplier": 1.0}, "eps"),
+        ({"noise_multiplier": -1.0}, "noise_multiplier"),
+        ({"eps": 2.0, "count_noise_std": 1.0}, "count_noise_std"),
+        ({"eps": 0.5, "adaptive": True, "count_noise_std": 0.1}, "count_noise_std"),
+    ],
+)
+def test_bad_plan_input_names_the_argument(kwargs: dict, name: str) -> None:
+    base = {"num_clients": 1000, "expected_clients": 50, "rounds": 20, "delta": 1e-5}
+    with pytest.raises(InvalidArgumentError) as info:
+        plan_client_dp(**{**base, **kwargs})
+    assert info.value.name == name
+
+
+def test_bad_aggregation_input() -> None:
+    with pytest.raises(InvalidArgumentError, match="clip"):
+        clip_deltas(torch.ones(2, 3), 0.0)
+    with pytest.raises(InvalidArgumentError, match="deltas"):
+        clip_deltas(torch.tensor([[1.0, float("nan")]]), 1.0)
+    with pytest.raises(InvalidArgumentError, match="deltas"):
+        clip_deltas(torch.ones(2, 3, 4), 1.0)
+    agg = ClientDPAggregator(dim=3, clip=1.0, sum_noise_multiplier=1.0, expected_clients=2.0)
+    with pytest.raises(InvalidArgumentError, match="dimension"):
+        agg.aggregate(torch.ones(2, 4))
+    with pytest.raises(InvalidArgumentError, match="q"):
+        poisson_sample_clients(10, 1.5)
+    with pytest.raises(InvalidArgumentError, match="target_quantile"):
+        AdaptiveClip(1.0, target_quantile=1.0, clip_lr=0.2, count_noise_std=1.0)
+    with pytest.raises(InvalidArgumentError, match="server_opt"):
+        make_server_optimizer("rmsprop", lr=1.0)
+    with pytest.raises(InvalidArgumentError, match="server_lr"):
+        make_server_optimizer("sgd", lr=0.0)
+    with pytest.raises(InvalidArgumentError, match="server_momentum"):
+        make_server_optimizer("sgd", lr=1.0, momentum=1.0)
