@@ -12,9 +12,8 @@ models", DP-FedAvg with the fixed-denominator estimator):
 3. The server clips every delta to L2 norm ``C`` (:func:`clip_deltas`), sums, adds Gaussian noise of std
    ``z_Δ·C`` and divides by the *expected* number of clients ``m`` (never by the realised count, which would leak
    it and is not what the accountant analyses) (:class:`ClientDPAggregator`).
-4. A server optimiser applies the noisy mean as a pseudo-gradient: SGD with momentum (FedAvgM; Hsu, Qi, Brown
-   2019) or Adam (FedAdam; Reddi et al. 2021, "Adaptive federated optimization") (:class:`ServerSGD`,
-   :class:`ServerAdam`).
+4. A server optimiser (:mod:`fltrain.serveropt`: FedAvgM or FedAdam) applies the noisy mean as its update;
+   being post-processing, it costs no privacy.
 
 **Adaptive clipping** (Andrew, Thakkar, McMahan, Ramaswamy 2021, "Differentially private learning with adaptive
 clipping"): ``C`` follows the ``γ``-quantile of the update norms by the geometric update
@@ -33,14 +32,13 @@ Poisson-subsampled Gaussian of multiplier ``z`` per round and the ε it reports 
 ``1/N``, the probability of exposing one client outright); a δ ≥ ``1/N`` is allowed but warned about.
 
 Departure from ARCHITECTURE.md: the architecture puts client-level DP inside ``fedavg.py``. It lives in this
-module instead because it is one idea (sampling, clipping, noise, adaptive clip, server optimiser and its
-accounting belong together) and so that the engineers building ``fedavg.py`` and this mechanism do not edit one
+module instead because it is one idea (client sampling, clipping, noise, adaptive clip and their accounting
+belong together) and so that the engineers building ``fedavg.py`` and this mechanism do not edit one
 file concurrently. ``fedavg.py`` calls it through its replaceable client-selection and aggregation steps.
 """
 
 from __future__ import annotations
 
-import abc
 import math
 import warnings
 from dataclasses import dataclass
@@ -64,11 +62,6 @@ __all__ = [
     "clip_deltas",
     "AdaptiveClip",
     "ClientDPAggregator",
-    "ServerOptimizer",
-    "ServerSGD",
-    "ServerAdam",
-    "SERVER_OPTIMIZERS",
-    "make_server_optimizer",
 ]
 
 #: Andrew et al. (2021, Sec. 3) recommend a count noise ``σ_b = m/20`` for ``m`` expected clients per round.
@@ -402,110 +395,3 @@ class ClientDPAggregator:
             sum_noise_multiplier=state["sum_noise_multiplier"],
             expected_clients=state["expected_clients"],
         )
-
-
-class ServerOptimizer(abc.ABC):
-    """A server optimiser on the flat global model: ``step(params, update)`` where ``update`` is the (noisy) mean
-    client delta, i.e. the negative of FedOpt's pseudo-gradient (Reddi et al. 2021, Alg. 1)."""
-
-    name = ""
-
-    def __init__(self, lr: float) -> None:
-        self.lr = check_positive("server_lr", lr)
-
-    @abc.abstractmethod
-    def step(self, params: torch.Tensor, update: torch.Tensor) -> None:
-        """Move ``params`` (flat, updated in place) along ``update``."""
-
-    @abc.abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """Hyperparameters and buffers (tensors), for ``torch.save`` checkpoints."""
-
-    @abc.abstractmethod
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the buffers saved by :meth:`state_dict`."""
-
-
-class ServerSGD(ServerOptimizer):
-    """Server SGD with heavy-ball momentum (FedAvgM; Hsu, Qi, Brown 2019): ``v ← β·v + u; x ← x + η·v``.
-
-    ``momentum = 0`` and ``lr = 1`` is plain FedAvg (the model moves to the mean of the clients' models).
-    """
-
-    name = "sgd"
-
-    def __init__(self, lr: float = 1.0, momentum: float = 0.0) -> None:
-        super().__init__(lr)
-        if not (0.0 <= momentum < 1.0):
-            raise InvalidArgumentError("server_momentum", momentum, "in [0, 1)")
-        self.momentum = float(momentum)
-        self.velocity: torch.Tensor | None = None
-
-    def step(self, params: torch.Tensor, update: torch.Tensor) -> None:
-        if self.momentum == 0.0:
-            params.add_(update, alpha=self.lr)
-            return
-        if self.velocity is None:
-            self.velocity = torch.zeros_like(params)
-        self.velocity.mul_(self.momentum).add_(update)
-        params.add_(self.velocity, alpha=self.lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "lr": self.lr, "momentum": self.momentum, "velocity": self.velocity}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.velocity = None if state["velocity"] is None else state["velocity"].clone()
-
-
-class ServerAdam(ServerOptimizer):
-    """FedAdam (Reddi et al. 2021, Alg. 2) on the pseudo-gradient ``g = −u``:
-    ``m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; x ← x − η·m/(√v + τ)`` (no bias correction, τ the adaptivity)."""
-
-    name = "adam"
-
-    def __init__(self, lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> None:
-        super().__init__(lr)
-        for arg, value in (("beta1", beta1), ("beta2", beta2)):
-            if not (0.0 <= value < 1.0):
-                raise InvalidArgumentError(arg, value, "in [0, 1)")
-        self.beta1, self.beta2 = float(beta1), float(beta2)
-        self.tau = check_positive("tau", tau)
-        self.m: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-
-    def step(self, params: torch.Tensor, update: torch.Tensor) -> None:
-        if self.m is None or self.v is None:
-            self.m, self.v = torch.zeros_like(params), torch.zeros_like(params)
-        grad = -update
-        self.m.mul_(self.beta1).add_(grad, alpha=1.0 - self.beta1)
-        self.v.mul_(self.beta2).addcmul_(grad, grad, value=1.0 - self.beta2)
-        params.addcdiv_(self.m, self.v.sqrt().add_(self.tau), value=-self.lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "lr": self.lr,
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "tau": self.tau,
-            "m": self.m,
-            "v": self.v,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.m = None if state["m"] is None else state["m"].clone()
-        self.v = None if state["v"] is None else state["v"].clone()
-
-
-SERVER_OPTIMIZERS: dict[str, type[ServerOptimizer]] = {"sgd": ServerSGD, "adam": ServerAdam}
-
-
-def make_server_optimizer(name: str, *, lr: float, momentum: float = 0.0) -> ServerOptimizer:
-    """``"sgd"`` (FedAvgM with ``momentum``) or ``"adam"`` (FedAdam, Reddi et al. defaults β=(0.9, 0.99), τ=1e-3)."""
-    if name == "sgd":
-        return ServerSGD(lr=lr, momentum=momentum)
-    if name == "adam":
-        if momentum:
-            raise InvalidArgumentError("server_momentum", momentum, "0 with server_opt='adam' (β₁ is Adam's momentum)")
-        return ServerAdam(lr=lr)
-    raise InvalidArgumentError("server_opt", name, f"one of {sorted(SERVER_OPTIMIZERS)}")

@@ -14,11 +14,8 @@ from fltrain.clientdp import (
     AdaptiveClip,
     ClientDeltaWarning,
     ClientDPAggregator,
-    ServerAdam,
-    ServerSGD,
     clip_deltas,
     default_client_delta,
-    make_server_optimizer,
     plan_client_dp,
     poisson_sample_clients,
     resolve_client_delta,
@@ -172,45 +169,6 @@ def test_aggregator_state_round_trips() -> None:
     assert torch.equal(a, b) and agg.clip == copy.clip
 
 
-# --- server optimisers ------------------------------------------------------------------------------------------
-
-
-def test_server_sgd_is_fedavg_and_momentum_accumulates() -> None:
-    x = torch.zeros(3)
-    ServerSGD(lr=1.0).step(x, torch.tensor([1.0, -2.0, 0.5]))
-    assert torch.equal(x, torch.tensor([1.0, -2.0, 0.5]))
-    opt, y, u = ServerSGD(lr=0.5, momentum=0.9), torch.zeros(1), torch.ones(1)
-    opt.step(y, u)
-    opt.step(y, u)
-    assert float(y) == pytest.approx(0.5 * 1 + 0.5 * (0.9 + 1))
-
-
-def test_server_adam_matches_reddi_algorithm() -> None:
-    lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
-    opt, x = ServerAdam(lr=lr, beta1=b1, beta2=b2, tau=tau), torch.zeros(1, dtype=torch.float64)
-    m = v = 0.0
-    ref = 0.0
-    for u in (2.0, -1.0, 0.5):
-        opt.step(x, torch.tensor([u], dtype=torch.float64))
-        g = -u
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        ref -= lr * m / (math.sqrt(v) + tau)
-        assert float(x) == pytest.approx(ref, rel=1e-12)
-
-
-@pytest.mark.parametrize("name", ["sgd", "adam"])
-def test_server_optimizer_resume_is_exact(name: str) -> None:
-    kwargs = {"lr": 0.3, "momentum": 0.5} if name == "sgd" else {"lr": 0.3}
-    a, xa = make_server_optimizer(name, **kwargs), torch.zeros(5)
-    a.step(xa, torch.arange(5.0))
-    b, xb = make_server_optimizer(name, **kwargs), xa.clone()
-    b.load_state_dict(a.state_dict())
-    a.step(xa, torch.ones(5))
-    b.step(xb, torch.ones(5))
-    assert torch.equal(xa, xb)
-
-
 # --- accounting -------------------------------------------------------------------------------------------------
 
 
@@ -295,9 +253,3 @@ def test_bad_aggregation_input() -> None:
         poisson_sample_clients(10, 1.5)
     with pytest.raises(InvalidArgumentError, match="target_quantile"):
         AdaptiveClip(1.0, target_quantile=1.0, clip_lr=0.2, count_noise_std=1.0)
-    with pytest.raises(InvalidArgumentError, match="server_opt"):
-        make_server_optimizer("rmsprop", lr=1.0)
-    with pytest.raises(InvalidArgumentError, match="server_lr"):
-        make_server_optimizer("sgd", lr=0.0)
-    with pytest.raises(InvalidArgumentError, match="server_momentum"):
-        make_server_optimizer("sgd", lr=1.0, momentum=1.0)
