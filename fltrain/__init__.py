@@ -1,0 +1,12 @@
+"""fltrain: federated learning (FedAvg) with differential privacy, the noise calibrated by :mod:`dpcalib`.
+
+The pieces (see ``docs/fltrain.md``): :mod:`~fltrain.config` (a run), :mod:`~fltrain.data` (datasets,
+partitions), :mod:`~fltrain.models`, :mod:`~fltrain.dpsgd` (per-sample clipping and noise),
+:mod:`~fltrain.client` (local training), :mod:`~fltrain.fedavg` (the server), :mod:`~fltrain.privacy` (plan,
+σ, ledger), :mod:`~fltrain.run` (a whole run) and :mod:`~fltrain.cli`.
+"""
+
+from .config import ConfigError, RunConfig
+from .run import RunSummary, run
+
+__all__ = ["ConfigError", "RunConfig", "RunSummary", "run"]

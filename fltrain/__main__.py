@@ -1,0 +1,7 @@
+"""``python -m fltrain ...`` runs the ``fltrain`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,139 @@
+"""Clients' local training: ``local_steps`` of (DP-)SGD with momentum from the global model, for many clients at once.
+
+A client is stateless between rounds (as in FedAvg, McMahan et al. 2017): it starts from the global parameters
+with a zero momentum buffer and returns its model delta.  The clients of a round are trained in groups of
+``parallel_clients``, each group as one stacked tensor program (see :mod:`fltrain.dpsgd`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .dpsgd import Engine, PoissonSampler, noisy_gradient
+from .models import ParamLayout
+
+__all__ = ["LocalTraining", "ClientUpdates", "LocalTrainer"]
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """How every client trains locally.
+
+    ``clip=None`` and ``noise_multiplier=0`` give plain (non-private) SGD on Poisson batches, the loss averaged over
+    the realised batch; otherwise DP-SGD with the sum divided by the expected batch size.
+    """
+
+    local_steps: int
+    batch_size: int
+    lr: float
+    momentum: float
+    clip: float | None
+    noise_multiplier: float
+    parallel_clients: int = 16
+    max_physical_batch: int = 1024
+
+    @property
+    def private(self) -> bool:
+        return self.clip is not None
+
+
+@dataclass
+class ClientUpdates:
+    """What the sampled clients send back: ``deltas`` (m, P) = local − global parameters, their record counts
+    ``num_samples`` (m,), and each client's mean training loss over its local steps ``train_loss`` (m,)."""
+
+    client_ids: torch.Tensor
+    deltas: torch.Tensor
+    num_samples: torch.Tensor
+    train_loss: torch.Tensor
+
+
+def sampling_rates(sizes: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per-client Poisson rate ``q_k = min(1, batch_size / n_k)`` (expected batch ``batch_size``)."""
+    return (batch_size / sizes.to(torch.float64)).clamp(max=1.0)
+
+
+class LocalTrainer:
+    """Runs :class:`LocalTraining` for any subset of the clients whose records are ``members`` (indices into
+    ``x``/``y``)."""
+
+    def __init__(
+        self,
+        layout: ParamLayout,
+        engine: Engine,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        members: list[torch.Tensor],
+        plan: LocalTraining,
+    ) -> None:
+        self.layout = layout
+        self.engine = engine
+        self.x = x
+        self.y = y
+        self.members = members
+        self.plan = plan
+        self.sizes = torch.tensor([len(m) for m in members])
+        self.rates = sampling_rates(self.sizes, plan.batch_size)
+
+    def train(
+        self,
+        global_params: torch.Tensor,
+        client_ids: torch.Tensor,
+        generator: torch.Generator,
+        on_step: Callable[[int], None] | None = None,
+    ) -> ClientUpdates:
+        """Train ``client_ids`` from the flat ``global_params`` (P,); ``on_step(step)`` after each local step."""
+        deltas, losses = [], []
+        group = self.plan.parallel_clients
+        for start in range(0, len(client_ids), group):
+            ids = client_ids[start : start + group]
+            delta, loss = self._train_group(global_params, ids, generator, on_step if start == 0 else None)
+            deltas.append(delta)
+            losses.append(loss)
+        return ClientUpdates(client_ids, torch.cat(deltas), self.sizes[client_ids], torch.cat(losses))
+
+    def _train_group(
+        self,
+        global_params: torch.Tensor,
+        ids: torch.Tensor,
+        generator: torch.Generator,
+        on_step: Callable[[int], None] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        plan = self.plan
+        K = len(ids)
+        flat = global_params.unsqueeze(0).repeat(K, 1)
+        params = self.layout.unflatten(flat)  # views into ``flat``: updating them updates ``flat``
+        velocity = torch.zeros_like(flat)
+        velocity_parts = self.layout.unflatten(velocity)
+        rates = self.rates[ids]
+        sampler = PoissonSampler([self.members[int(i)] for i in ids], rates)
+        expected = (rates * self.sizes[ids]).to(torch.float32)
+        loss_sum = torch.zeros(K)
+        count_sum = torch.zeros(K)
+        for step in range(plan.local_steps):
+            index, weight = sampler.sample(generator)
+            counts = weight.sum(1)
+            grads, loss = noisy_gradient(
+                self.engine,
+                params,
+                self.x,
+                self.y,
+                index,
+                weight,
+                clip=plan.clip,
+                noise_multiplier=plan.noise_multiplier,
+                denominator=expected if plan.private else counts.clamp_min(1.0),
+                generator=generator,
+                max_physical_batch=plan.max_physical_batch,
+            )
+            for name, g in grads.items():
+                velocity_parts[name].mul_(plan.momentum).add_(g)
+            flat.add_(velocity, alpha=-plan.lr)
+            loss_sum += loss
+            count_sum += counts
+            if on_step is not None:
+                on_step(step + 1)
+        return flat - global_params, loss_sum / count_sum.clamp_min(1.0)

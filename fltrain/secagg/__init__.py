@@ -1,0 +1,42 @@
+"""Secure aggregation for fltrain: the server learns the sum of the clients' vectors and nothing else.
+
+Bonawitz et al. (CCS 2017) with dropouts at every stage, and SecAgg+ (Bell et al., CCS 2020) over a sparse random
+graph for many clients. Modules: :mod:`.encoding` (fixed point in Z_(2^k)), :mod:`.shamir` (threshold sharing),
+:mod:`.crypto` (X25519, HKDF, AES-GCM, AES-CTR from ``cryptography``), :mod:`.graph` (who shares with whom),
+:mod:`.messages` (the wire), :mod:`.protocol` (client, server, one in-process round), :mod:`.errors`.
+"""
+
+from .encoding import FixedPoint, Ring
+from .errors import IntegrityError, ProtocolError, ReplayError, SecAggError, TooFewClientsError
+from .graph import complete_graph, harary_graph, secagg_plus_degree
+from .protocol import (
+    STAGES,
+    AggregationResult,
+    Client,
+    RoundCost,
+    SecAggParams,
+    Server,
+    new_session,
+    run_secure_aggregation,
+)
+
+__all__ = [
+    "FixedPoint",
+    "Ring",
+    "SecAggError",
+    "TooFewClientsError",
+    "IntegrityError",
+    "ReplayError",
+    "ProtocolError",
+    "complete_graph",
+    "harary_graph",
+    "secagg_plus_degree",
+    "STAGES",
+    "SecAggParams",
+    "Client",
+    "Server",
+    "AggregationResult",
+    "RoundCost",
+    "new_session",
+    "run_secure_aggregation",
+]

@@ -1,0 +1,63 @@
+"""``fltrain run``: help, TOML config, bad input → exit 2 with one line on stderr and nothing written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from fltrain.cli import main
+from fltrain.config import RunConfig
+
+SMALL = ["--train-samples", "1200", "--test-samples", "200", "--clients", "2", "--rounds", "1", "--local-steps", "2",
+         "--batch-size", "30"]
+
+
+def test_help_lists_every_option_with_a_default(capsys):
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(RunConfig):
+        assert "--" + field.name.replace("_", "-") in text
+    assert text.count("[default:") >= len(dataclasses.fields(RunConfig)) + 2  # + --config, --resume
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [(["--clip", "-1"], "clip=-1.0"), (["--dataset", "imagenet"], "imagenet"), (["--delta", "2"], "delta"),
+     (["--dp", "client"], "not implemented"), (["--secure-agg", "--clients", "1"], "at least 2 clients"), (["--bogus", "1"], "bogus"),
+     (["--client-fraction", "1.5"], "client_fraction"), (["--rounds", "x"], "x")],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, fragment):
+    out = tmp_path / "out"
+    code = main(["run", "--out", str(out), "--data-dir", str(tmp_path / "data"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "data").exists()
+
+
+def test_batch_larger_than_a_client_is_refused(data_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["run", "--out", str(out), "--data-dir", str(data_root), "--train-samples", "100", "--clients", "4",
+                 "--batch-size", "30", "--dp", "sample"])
+    err = capsys.readouterr().err
+    assert code == 2 and "batch_size=30" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_toml_config_and_command_line_override(data_root, tmp_path, capsys):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'dp = "none"\ndata-dir = "{data_root}"\nlr = 0.3\nrounds = 5\n')
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(toml), "--out", str(out), *SMALL]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rounds_completed"] == 1  # --rounds 1 on the command line beats rounds = 5 in the file
+    saved = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(saved) == 1 and saved[0]["epsilon"] is None
+    # resuming with a changed option is refused, and nothing on disk changes
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = main(["run", "--config", str(toml), "--out", str(out), *SMALL, "--lr", "0.5", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "differs in: lr" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -1,0 +1,80 @@
+"""Whole runs on small subsets of real MNIST: metrics, checkpoints, resume after an interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fltrain.config import ConfigError, RunConfig
+from fltrain.run import CHECKPOINT, METRICS, Progress, run
+
+SMALL = dict(dataset="mnist", train_samples=1500, test_samples=300, clients=3, partition="shards",
+             shards_per_client=2, rounds=3, local_steps=4, batch_size=40, lr=0.1, seed=7)
+
+
+def _config(data_root, out, **overrides) -> RunConfig:
+    values = dict(SMALL, data_dir=str(data_root), out=str(out))
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+class _StopAt(Progress):
+    def __init__(self, round_index: int) -> None:
+        self.round_index = round_index
+
+    def round_started(self, round_index: int, rounds: int, local_steps: int) -> None:
+        if round_index == self.round_index:
+            raise KeyboardInterrupt
+
+
+def _metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+
+
+def _without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("seconds", "elapsed")} for row in rows]
+
+
+@pytest.mark.parametrize("dp", ["none"])
+def test_resume_after_interruption_equals_uninterrupted_run(data_root, tmp_path, dp):
+    whole = _config(data_root, tmp_path / "whole", dp=dp)
+    summary = run(whole)
+    assert summary.rounds_completed == 3
+    cut = _config(data_root, tmp_path / "cut", dp=dp)
+    with pytest.raises(KeyboardInterrupt):
+        run(cut, progress=_StopAt(3))
+    assert [row["round"] for row in _metrics(tmp_path / "cut")] == [1, 2]
+    resumed = run(cut, resume=True)
+    a = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
+    assert torch.equal(a["server"]["params"], b["server"]["params"])
+    assert torch.equal(a["generator"], b["generator"])
+    assert a["ledger"] == b["ledger"]
+    assert _without_timing(_metrics(tmp_path / "whole")) == _without_timing(_metrics(tmp_path / "cut"))
+    assert resumed.test_accuracy == summary.test_accuracy
+
+
+def test_metrics_lines_have_the_promised_keys(data_root, tmp_path):
+    run(_config(data_root, tmp_path / "o", dp="none", rounds=2))
+    rows = _metrics(tmp_path / "o")
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert {"round", "train_loss", "test_accuracy", "epsilon", "delta", "sigma", "seconds"} <= set(row)
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["seconds"] > 0
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_the_config(data_root, tmp_path):
+    out = tmp_path / "o"
+    run(_config(data_root, out, dp="none", rounds=1))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(_config(data_root, out, dp="none", rounds=1))
+    with pytest.raises(ConfigError, match="differs in: rounds, lr"):
+        run(_config(data_root, out, dp="none", rounds=2, lr=0.2), resume=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        run(_config(data_root, tmp_path / "empty", dp="none"), resume=True)
+    assert not (tmp_path / "empty").exists()
