@@ -29,7 +29,8 @@ Poisson-subsampled Gaussian of multiplier ``z`` per round and the ε it reports 
 
 **Accounting** (:func:`plan_client_dp`): the event is ``Repeated(PoissonSampled(q, Gaussian(z)), rounds)``;
 ``z = dpcalib.calibrate_sigma(eps=ε, delta=δ, q=q, steps=rounds)``. δ defaults to ``1/N^1.1`` (smaller than
-``1/N``, the probability of exposing one client outright); a δ ≥ ``1/N`` is allowed but warned about.
+``1/N``, the probability of exposing one client outright); a δ ≥ ``1/N`` is allowed but warned about
+(:func:`fltrain.privacy.resolve_client_delta`).
 
 Departure from ARCHITECTURE.md: the architecture puts client-level DP inside ``fedavg.py``. It lives in this
 module instead because it is one idea (client sampling, clipping, noise, adaptive clip and their accounting
@@ -40,25 +41,23 @@ file concurrently. ``fedavg.py`` calls it through its replaceable client-selecti
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Mapping
 
 import torch
 
-import dpcalib
 from dpcalib.errors import InvalidArgumentError, check_count, check_open_unit, check_positive, check_rate
-from dpcalib.events import Event, Gaussian, PoissonSampled, Repeated
+
+from .client import ClientUpdates
+from .privacy import PrivacyPlan, make_plan, resolve_client_delta
 
 __all__ = [
     "DEFAULT_COUNT_NOISE_FRACTION",
-    "ClientDeltaWarning",
     "ClientDPPlan",
-    "default_client_delta",
-    "resolve_client_delta",
     "sum_noise_multiplier",
     "plan_client_dp",
     "poisson_sample_clients",
+    "PoissonClientSampler",
     "clip_deltas",
     "AdaptiveClip",
     "ClientDPAggregator",
@@ -66,32 +65,6 @@ __all__ = [
 
 #: Andrew et al. (2021, Sec. 3) recommend a count noise ``σ_b = m/20`` for ``m`` expected clients per round.
 DEFAULT_COUNT_NOISE_FRACTION = 1.0 / 20.0
-
-
-class ClientDeltaWarning(UserWarning):
-    """δ is at least 1/(number of clients): the guarantee allows one client's data to be exposed outright."""
-
-
-def default_client_delta(num_clients: int) -> float:
-    """The default δ for ``num_clients`` clients: ``1/N^1.1``, strictly below ``1/N``."""
-    n = check_count("num_clients", num_clients, minimum=2)
-    return float(n) ** -1.1
-
-
-def resolve_client_delta(delta: float | None, num_clients: int) -> float:
-    """The user's δ (validated to lie in (0, 1)) or :func:`default_client_delta`; warns when δ ≥ 1/N."""
-    n = check_count("num_clients", num_clients, minimum=2)
-    if delta is None:
-        return default_client_delta(n)
-    d = check_open_unit("delta", delta)
-    if d >= 1.0 / n:
-        warnings.warn(
-            f"delta={d:g} >= 1/clients = {1.0 / n:g}: a mechanism that publishes one client's data in the clear "
-            f"satisfies this guarantee; use delta < 1/clients (default 1/clients^1.1 = {default_client_delta(n):.3g})",
-            ClientDeltaWarning,
-            stacklevel=2,
-        )
-    return d
 
 
 def sum_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> float:
@@ -113,51 +86,27 @@ def sum_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> flo
 
 @dataclass(frozen=True)
 class ClientDPPlan:
-    """A client-level DP training plan and its noise.
+    """A client-level DP training plan: the accounted event and how its noise is split.
 
     Attributes:
+        privacy: the :class:`fltrain.privacy.PrivacyPlan` the ledger charges, one step per round: the
+            Poisson-sampled Gaussian with rate ``q = m/N`` and multiplier ``z`` (``privacy.sigma``).
         num_clients: N, the size of the client population.
-        expected_clients: m, the expected number of clients per round (q = m/N).
-        rounds: the number of rounds (one accounted step each).
-        delta: the δ of the guarantee.
-        noise_multiplier: z, the total noise multiplier that the accountant sees per round.
+        expected_clients: m, the expected number of clients per round.
         count_noise_std: σ_b of the clipped-count query (0 with a fixed clip norm).
-        sum_noise_multiplier: z_Δ, the multiplier of the noise on the sum of clipped deltas (equals z when fixed).
-        target_eps: the ε the plan was calibrated for, or ``None`` when z was given.
-        accountant: the dpcalib accountant name ("rdp" or "pld").
+        sum_noise_multiplier: z_Δ, the multiplier of the noise on the sum of clipped deltas (z when fixed).
     """
 
+    privacy: PrivacyPlan
     num_clients: int
     expected_clients: float
-    rounds: int
-    delta: float
-    noise_multiplier: float
     count_noise_std: float
     sum_noise_multiplier: float
-    target_eps: float | None
-    accountant: str
-
-    @property
-    def q(self) -> float:
-        """The Poisson sampling rate of clients, ``m / N``."""
-        return self.expected_clients / self.num_clients
 
     @property
     def adaptive(self) -> bool:
         """Whether the plan reserves noise for adaptive clipping's count query."""
         return self.count_noise_std > 0.0
-
-    def round_event(self) -> Event:
-        """What one round releases, for the accountant: the Poisson-sampled Gaussian of multiplier z."""
-        return PoissonSampled(self.q, Gaussian(self.noise_multiplier))
-
-    def event(self, rounds: int | None = None) -> Event:
-        """``rounds`` rounds (default: the planned number) of :meth:`round_event`."""
-        return Repeated(self.round_event(), self.rounds if rounds is None else rounds)
-
-    def epsilon(self, rounds: int | None = None) -> float:
-        """ε after ``rounds`` rounds at this plan's δ (dpcalib's upper bound)."""
-        return dpcalib.event_epsilon(self.event(rounds), delta=self.delta, accountant=self.accountant)
 
 
 def plan_client_dp(
@@ -165,29 +114,31 @@ def plan_client_dp(
     num_clients: int,
     expected_clients: float,
     rounds: int,
-    eps: float | None = None,
+    eps: float,
     delta: float | None = None,
-    noise_multiplier: float | None = None,
+    sigma: float | None = None,
     adaptive: bool = False,
     count_noise_std: float | None = None,
     accountant: str = "rdp",
 ) -> ClientDPPlan:
-    """Calibrate client-level DP-FedAvg: z from the budget (or the given z), and the noise split for adaptive clipping.
+    """Calibrate client-level DP-FedAvg: the noise multiplier z for the budget, and its split for adaptive clipping.
 
-    Exactly one of ``eps`` and ``noise_multiplier`` is given. With ``eps``, ``z = dpcalib.calibrate_sigma(eps,
-    delta, q=m/N, steps=rounds)``, the smallest z whose ε after ``rounds`` rounds is at most ``eps`` (dpcalib
-    verifies it). With ``adaptive``, ``count_noise_std`` defaults to ``m/20`` (Andrew et al. 2021) and the sum
-    gets :func:`sum_noise_multiplier`; the accountant's z covers both releases.
+    The accounted event is ``Repeated(PoissonSampled(m/N, Gaussian(z)), rounds)``; with ``sigma=None``,
+    ``z = dpcalib.calibrate_sigma(eps, delta, q=m/N, steps=rounds)``, the smallest z whose ε after ``rounds``
+    rounds is at most ``eps`` (through :func:`fltrain.privacy.make_plan`, one step per round). With an explicit
+    ``sigma`` the run trains with it and stops before its ε would exceed ``eps``. ``delta=None`` means
+    ``1/N^1.1``. With ``adaptive``, ``count_noise_std`` defaults to ``m/20`` (Andrew et al. 2021) and the sum gets
+    :func:`sum_noise_multiplier`; the accountant's z covers both releases.
     """
     n = check_count("num_clients", num_clients, minimum=2)
     m = check_positive("expected_clients", expected_clients)
     if m > n:
         raise InvalidArgumentError("expected_clients", expected_clients, f"in (0, num_clients={n}]")
     r = check_count("rounds", rounds)
+    target = check_positive("eps", eps)
     d = resolve_client_delta(delta, n)
-    q = m / n
-    if (eps is None) == (noise_multiplier is None):
-        raise InvalidArgumentError("eps", eps, "given exactly when noise_multiplier is not (one of the two)")
+    if sigma is not None:
+        check_positive("sigma", sigma)
     if adaptive:
         sb = m * DEFAULT_COUNT_NOISE_FRACTION if count_noise_std is None else check_positive(
             "count_noise_std", count_noise_std
@@ -196,24 +147,9 @@ def plan_client_dp(
         raise InvalidArgumentError("count_noise_std", count_noise_std, "unset unless adaptive clipping is on")
     else:
         sb = 0.0
-    if eps is not None:
-        target: float | None = check_positive("eps", eps)
-        z = float(dpcalib.calibrate_sigma(eps=target, delta=d, q=q, steps=r, accountant=accountant))
-    else:
-        target = None
-        z = check_positive("noise_multiplier", noise_multiplier)  # type: ignore[arg-type]
-    z_sum = sum_noise_multiplier(z, sb) if adaptive else z
-    return ClientDPPlan(
-        num_clients=n,
-        expected_clients=m,
-        rounds=r,
-        delta=d,
-        noise_multiplier=z,
-        count_noise_std=sb,
-        sum_noise_multiplier=z_sum,
-        target_eps=target,
-        accountant=accountant,
-    )
+    privacy = make_plan(eps=target, delta=d, q=m / n, steps_per_round=1, rounds=r, accountant=accountant, sigma=sigma)
+    z_sum = sum_noise_multiplier(privacy.sigma, sb) if adaptive else privacy.sigma
+    return ClientDPPlan(privacy, n, m, sb, z_sum)
 
 
 def poisson_sample_clients(num_clients: int, q: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -225,6 +161,17 @@ def poisson_sample_clients(num_clients: int, q: float, generator: torch.Generato
     n = check_count("num_clients", num_clients)
     rate = check_rate("q", q)
     return torch.nonzero(torch.rand(n, generator=generator, dtype=torch.float64) < rate).flatten()
+
+
+@dataclass(frozen=True)
+class PoissonClientSampler:
+    """The client-selection step of client-level DP-FedAvg (a :class:`fltrain.fedavg.ClientSampler`): every client
+    independently with probability ``q``."""
+
+    q: float
+
+    def sample(self, num_clients: int, generator: torch.Generator) -> torch.Tensor:
+        return poisson_sample_clients(num_clients, self.q, generator)
 
 
 def _as_batch(deltas: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -273,34 +220,14 @@ class AdaptiveClip:
         self.clip *= math.exp(-self.clip_lr * (fraction - self.target_quantile))
         return fraction
 
-    def state_dict(self) -> dict[str, float]:
-        """The clip norm and its settings, JSON-serialisable."""
-        return {
-            "clip": self.clip,
-            "target_quantile": self.target_quantile,
-            "clip_lr": self.clip_lr,
-            "count_noise_std": self.count_noise_std,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, float]) -> "AdaptiveClip":
-        """Rebuild from :meth:`state_dict`."""
-        return cls(
-            state["clip"],
-            target_quantile=state["target_quantile"],
-            clip_lr=state["clip_lr"],
-            count_noise_std=state["count_noise_std"],
-        )
-
 
 class ClientDPAggregator:
     """The server's DP aggregation of one round's client deltas (DP-FedAvg, McMahan et al. 2018).
 
-    ``aggregate(deltas)`` clips each delta to ``C``, sums, adds ``N(0, (z_Δ·C)²·I)`` and divides by the expected
+    ``aggregate(updates)`` clips each delta to ``C``, sums, adds ``N(0, (z_Δ·C)²·I)`` and divides by the expected
     number of clients ``m`` (fixed denominator). With adaptive clipping it then releases the noisy count and
-    updates ``C`` (:class:`AdaptiveClip`). Deltas may arrive as one (k, d) tensor or as an iterable of (d,) or
-    (k_j, d) chunks, so memory stays bounded whatever the number of clients. The noise is added even when no
-    client was sampled: the release must not reveal that.
+    updates ``C`` (:class:`AdaptiveClip`). The noise is added even when no client was sampled: the release must
+    not reveal that.
     """
 
     def __init__(
@@ -316,6 +243,8 @@ class ClientDPAggregator:
         self.expected_clients = check_positive("expected_clients", expected_clients)
         self.adaptive = clip if isinstance(clip, AdaptiveClip) else None
         self._clip = clip.clip if isinstance(clip, AdaptiveClip) else check_positive("clip", clip)
+        #: what the last :meth:`aggregate` released besides the update (for the run's metrics)
+        self.last_release: dict[str, float] = {}
 
     @classmethod
     def from_plan(
@@ -345,53 +274,35 @@ class ClientDPAggregator:
         """The clip norm the next round uses."""
         return self.adaptive.clip if self.adaptive is not None else self._clip
 
-    @property
-    def noise_std(self) -> float:
-        """The std of the Gaussian noise added to the sum of clipped deltas this round: ``z_Δ·C``."""
-        return self.sum_noise_multiplier * self.clip
+    def aggregate(self, updates: ClientUpdates | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The noisy mean update of one round (the aggregation step of :class:`fltrain.fedavg.FedAvgServer`).
 
-    def aggregate(
-        self,
-        deltas: torch.Tensor | Iterable[torch.Tensor],
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The noisy mean update of one round (float32), and what else the round releases.
-
-        The statistics hold only DP releases or public values: the clip norm used, the noise std, and with
-        adaptive clipping the noisy fraction of unclipped clients. The realised number of sampled clients and
-        the exact clipped fraction are not returned: they are not differentially private.
+        ``updates`` holds the deltas (k, d) of the sampled clients (``k`` may be 0); client weights are not used,
+        every client counts once. What else the round releases is left in :attr:`last_release`: only DP releases
+        or public values (the clip norm used, the noise std, and with adaptive clipping the noisy fraction of
+        unclipped clients), never the realised number of clients or the exact clipped fraction.
         """
+        deltas = updates.deltas if isinstance(updates, ClientUpdates) else updates
         clip = self.clip
-        total = torch.zeros(self.dim, dtype=torch.float64)
-        sampled = below = 0
-        for chunk in [deltas] if isinstance(deltas, torch.Tensor) else deltas:
-            clipped, norms = clip_deltas(_as_batch(chunk, self.dim), clip)
-            total += clipped.to(torch.float64).sum(dim=0)
-            sampled += int(norms.numel())
-            below += int((norms <= clip).sum())
+        clipped, norms = clip_deltas(_as_batch(deltas, self.dim), clip)
         noise = torch.randn(self.dim, generator=generator, dtype=torch.float64) * (self.sum_noise_multiplier * clip)
-        mean = (total + noise) / self.expected_clients
-        stats: dict[str, float] = {"clip": clip, "noise_std": self.sum_noise_multiplier * clip}
+        mean = (clipped.to(torch.float64).sum(dim=0) + noise) / self.expected_clients
+        release: dict[str, float] = {"clip": clip, "noise_std": self.sum_noise_multiplier * clip}
         if self.adaptive is not None:
-            stats["noisy_fraction_unclipped"] = self.adaptive.update(below, sampled, self.expected_clients, generator)
-        return mean.to(torch.float32), stats
+            below = int((norms <= clip).sum())
+            release["noisy_fraction_unclipped"] = self.adaptive.update(
+                below, int(norms.numel()), self.expected_clients, generator
+            )
+        self.last_release = release
+        return mean.to(deltas.dtype)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Clipping state for checkpoints (JSON-serialisable)."""
-        return {
-            "dim": self.dim,
-            "clip": self.clip,
-            "sum_noise_multiplier": self.sum_noise_multiplier,
-            "expected_clients": self.expected_clients,
-            "adaptive": None if self.adaptive is None else self.adaptive.state_dict(),
-        }
+    def state_dict(self) -> dict[str, float]:
+        """The clipping state for checkpoints: the current clip norm (the settings come from the run's config)."""
+        return {"clip": self.clip}
 
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> "ClientDPAggregator":
-        """Rebuild from :meth:`state_dict`."""
-        return cls(
-            dim=state["dim"],
-            clip=state["clip"] if state["adaptive"] is None else AdaptiveClip.from_state_dict(state["adaptive"]),
-            sum_noise_multiplier=state["sum_noise_multiplier"],
-            expected_clients=state["expected_clients"],
-        )
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        """Restore the clip norm saved by :meth:`state_dict`."""
+        if self.adaptive is not None:
+            self.adaptive.clip = check_positive("clip", state["clip"])
+        else:
+            self._clip = check_positive("clip", state["clip"])

@@ -20,7 +20,9 @@ import torch
 
 from dpcalib.errors import InvalidArgumentError, check_positive
 
-__all__ = ["ServerOptimizer", "ServerSGD", "ServerAdam", "SERVER_OPTIMIZERS", "make_server_optimizer"]
+from .config import SERVER_OPTIMIZERS
+
+__all__ = ["ServerOptimizer", "ServerSGD", "ServerAdam", "make_server_optimizer"]
 
 
 class ServerOptimizer(abc.ABC):
@@ -114,10 +116,6 @@ class ServerAdam(ServerOptimizer):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.m = None if state["m"] is None else state["m"].clone()
         self.v = None if state["v"] is None else state["v"].clone()
-
-
-#: the names accepted by :func:`make_server_optimizer` (and ``--server-opt``)
-SERVER_OPTIMIZERS = ("sgd", "adam")
 
 
 def make_server_optimizer(name: str, *, lr: float, momentum: float = 0.0) -> ServerOptimizer:

@@ -12,17 +12,13 @@ import dpcalib
 from dpcalib.errors import InvalidArgumentError
 from fltrain.clientdp import (
     AdaptiveClip,
-    ClientDeltaWarning,
     ClientDPAggregator,
     clip_deltas,
-    default_client_delta,
     plan_client_dp,
     poisson_sample_clients,
-    resolve_client_delta,
     sum_noise_multiplier,
 )
-
-torch.set_num_threads(1)
+from fltrain.privacy import ClientDeltaWarning, PrivacyLedger, default_client_delta, resolve_client_delta
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -58,28 +54,19 @@ def test_server_noise_std_is_sigma_times_clip() -> None:
     g = _gen(1)
     deltas = torch.randn(3, dim, generator=g)  # norm ≈ 447 > C: all clipped
     clipped, _ = clip_deltas(deltas, clip)
-    mean, stats = agg.aggregate(deltas, generator=g)
+    mean = agg.aggregate(deltas, generator=g)
     noise = mean.double() * m - clipped.double().sum(0)  # the fixed denominator m, not the 3 clients present
     std = float(noise.std())
     # sample std of d normals has relative standard error 1/sqrt(2d) ≈ 0.16 %; allow 5 of them
     assert abs(std / (z * clip) - 1) < 5 / math.sqrt(2 * dim)
     assert abs(float(noise.mean())) < 5 * z * clip / math.sqrt(dim)
-    assert stats["noise_std"] == pytest.approx(z * clip)
+    assert agg.last_release == {"clip": clip, "noise_std": pytest.approx(z * clip)}
 
 
 def test_noise_is_released_when_no_client_is_sampled() -> None:
     agg = ClientDPAggregator(dim=50_000, clip=2.0, sum_noise_multiplier=0.5, expected_clients=4.0)
-    mean, _ = agg.aggregate([], generator=_gen(2))
+    mean = agg.aggregate(torch.zeros(0, 50_000), generator=_gen(2))
     assert abs(float(mean.double().std() * 4.0) / 1.0 - 1) < 5 / math.sqrt(2 * 50_000)
-
-
-def test_streamed_chunks_equal_one_batch() -> None:
-    g = _gen(3)
-    deltas = torch.randn(7, 30, generator=g)
-    agg = ClientDPAggregator(dim=30, clip=1.5, sum_noise_multiplier=1.0, expected_clients=5.0)
-    whole, _ = agg.aggregate(deltas, generator=_gen(4))
-    parts, _ = agg.aggregate([deltas[:2], deltas[2], deltas[3:]], generator=_gen(4))
-    assert torch.allclose(whole, parts, atol=1e-6)
 
 
 # --- client sampling --------------------------------------------------------------------------------------------
@@ -156,16 +143,17 @@ def test_sum_noise_split_recovers_total_multiplier() -> None:
 
 
 def test_aggregator_state_round_trips() -> None:
-    agg = ClientDPAggregator(
-        dim=4,
-        clip=AdaptiveClip(1.0, target_quantile=0.5, clip_lr=0.2, count_noise_std=0.5),
-        sum_noise_multiplier=1.2,
-        expected_clients=3.0,
-    )
+    def make() -> ClientDPAggregator:
+        adaptive = AdaptiveClip(1.0, target_quantile=0.5, clip_lr=0.2, count_noise_std=0.5)
+        return ClientDPAggregator(dim=4, clip=adaptive, sum_noise_multiplier=1.2, expected_clients=3.0)
+
+    agg = make()
     agg.aggregate(torch.ones(2, 4), generator=_gen(7))
-    copy = ClientDPAggregator.from_state_dict(agg.state_dict())
-    a, _ = agg.aggregate(torch.ones(2, 4) * 3, generator=_gen(8))
-    b, _ = copy.aggregate(torch.ones(2, 4) * 3, generator=_gen(8))
+    assert agg.clip != 1.0
+    copy = make()
+    copy.load_state_dict(agg.state_dict())
+    a = agg.aggregate(torch.ones(2, 4) * 3, generator=_gen(8))
+    b = copy.aggregate(torch.ones(2, 4) * 3, generator=_gen(8))
     assert torch.equal(a, b) and agg.clip == copy.clip
 
 
@@ -174,34 +162,32 @@ def test_aggregator_state_round_trips() -> None:
 
 def test_ledger_equals_dpcalib_epsilon_for_the_same_event() -> None:
     plan = plan_client_dp(num_clients=1000, expected_clients=50, rounds=200, eps=2.0, delta=1e-5)
-    assert plan.q == pytest.approx(0.05)
-    assert plan.noise_multiplier == pytest.approx(
-        dpcalib.calibrate_sigma(eps=2.0, delta=1e-5, q=0.05, steps=200), rel=0, abs=0
-    )
-    # the plan's ε after r rounds is dpcalib's ε of the Poisson-sampled Gaussian over r rounds, and stays within budget
-    for rounds in (1, 57, 200):
-        expected = dpcalib.epsilon(sigma=plan.noise_multiplier, q=0.05, steps=rounds, delta=1e-5)
-        assert plan.epsilon(rounds) == pytest.approx(expected, rel=1e-12)
-    assert plan.epsilon() <= 2.0
-    acc = dpcalib.make_accountant("rdp")
-    for _ in range(200):
-        acc.compose(plan.round_event())
-    assert acc.epsilon(1e-5) == pytest.approx(plan.epsilon(), rel=1e-9)
+    z, q = plan.privacy.sigma, plan.privacy.q
+    assert q == pytest.approx(0.05)
+    assert z == dpcalib.calibrate_sigma(eps=2.0, delta=1e-5, q=0.05, steps=200)
+    ledger = PrivacyLedger(plan.privacy)
+    for rounds in range(1, 201):
+        spent = ledger.charge_round()
+        if rounds in (1, 57, 200):  # the ledger's ε is dpcalib's ε of the Poisson-sampled Gaussian over r rounds
+            assert spent == pytest.approx(dpcalib.epsilon(sigma=z, q=q, steps=rounds, delta=1e-5), rel=1e-9)
+    assert ledger.epsilon() <= 2.0
+    assert not ledger.can_afford_next_round() or ledger.epsilon_after_next_round() <= 2.0
 
 
 def test_adaptive_plan_spends_the_same_budget_with_less_noise_on_the_sum() -> None:
     fixed = plan_client_dp(num_clients=1000, expected_clients=100, rounds=50, eps=8.0, delta=1e-5)
     adaptive = plan_client_dp(num_clients=1000, expected_clients=100, rounds=50, eps=8.0, delta=1e-5, adaptive=True)
-    assert adaptive.noise_multiplier == fixed.noise_multiplier  # the accountant sees the same event
+    assert adaptive.privacy == fixed.privacy  # the accountant sees the same event
     assert adaptive.count_noise_std == pytest.approx(5.0)  # m/20
-    assert adaptive.sum_noise_multiplier > fixed.sum_noise_multiplier == fixed.noise_multiplier
-    assert adaptive.epsilon() <= 8.0
+    assert adaptive.sum_noise_multiplier > fixed.sum_noise_multiplier == fixed.privacy.sigma
+    z, zs, sb = adaptive.privacy.sigma, adaptive.sum_noise_multiplier, adaptive.count_noise_std
+    assert zs**-2 + (2 * sb) ** -2 == pytest.approx(z**-2, rel=1e-12)
 
 
-def test_plan_with_given_noise_reports_its_epsilon() -> None:
-    plan = plan_client_dp(num_clients=500, expected_clients=25, rounds=10, noise_multiplier=1.0, delta=1e-4)
-    assert plan.target_eps is None
-    assert plan.epsilon() == pytest.approx(dpcalib.epsilon(sigma=1.0, q=0.05, steps=10, delta=1e-4), rel=1e-12)
+def test_plan_with_given_sigma_keeps_it_and_the_default_delta() -> None:
+    plan = plan_client_dp(num_clients=500, expected_clients=25, rounds=10, eps=8.0, sigma=1.0)
+    assert plan.privacy.sigma == 1.0 and not plan.privacy.calibrated
+    assert plan.privacy.delta == pytest.approx(500**-1.1)
 
 
 def test_default_delta_and_warning() -> None:
@@ -225,15 +211,13 @@ def test_default_delta_and_warning() -> None:
         ({"eps": 2.0, "expected_clients": 0}, "expected_clients"),
         ({"eps": 2.0, "rounds": 0}, "rounds"),
         ({"eps": 2.0, "num_clients": 1}, "num_clients"),
-        ({}, "eps"),
-        ({"eps": 2.0, "noise_multiplier": 1.0}, "eps"),
-        ({"noise_multiplier": -1.0}, "noise_multiplier"),
+        ({"eps": 2.0, "sigma": -1.0}, "sigma"),
         ({"eps": 2.0, "count_noise_std": 1.0}, "count_noise_std"),
         ({"eps": 0.5, "adaptive": True, "count_noise_std": 0.1}, "count_noise_std"),
     ],
 )
 def test_bad_plan_input_names_the_argument(kwargs: dict, name: str) -> None:
-    base = {"num_clients": 1000, "expected_clients": 50, "rounds": 20, "delta": 1e-5}
+    base = {"num_clients": 1000, "expected_clients": 50, "rounds": 20, "delta": 1e-5, "eps": 2.0}
     with pytest.raises(InvalidArgumentError) as info:
         plan_client_dp(**{**base, **kwargs})
     assert info.value.name == name
