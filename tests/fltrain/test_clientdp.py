@@ -3,6 +3,7 @@ server optimisers, accounting through dpcalib, and bad input."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -18,7 +19,9 @@ from fltrain.clientdp import (
     poisson_sample_clients,
     sum_noise_multiplier,
 )
+from fltrain.config import RunConfig
 from fltrain.privacy import ClientDeltaWarning, PrivacyLedger, default_client_delta, resolve_client_delta
+from fltrain.run import CHECKPOINT, METRICS, Progress, run
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -237,3 +240,66 @@ def test_bad_aggregation_input() -> None:
         poisson_sample_clients(10, 1.5)
     with pytest.raises(InvalidArgumentError, match="target_quantile"):
         AdaptiveClip(1.0, target_quantile=1.0, clip_lr=0.2, count_noise_std=1.0)
+
+
+# --- whole runs (--dp client) -----------------------------------------------------------------------------------
+
+CLIENT_RUN = dict(dataset="mnist", train_samples=1500, test_samples=300, clients=30, partition="dirichlet", alpha=0.1,
+                  rounds=3, local_steps=3, batch_size=10, lr=0.1, dp="client", expected_clients=10, eps=8.0,
+                  clip=0.5, adaptive_clip=True, server_opt="adam", server_lr=0.01, seed=3)
+
+
+class _StopAt(Progress):
+    def __init__(self, round_index: int) -> None:
+        self.round_index = round_index
+
+    def round_started(self, round_index: int, rounds: int, local_steps: int) -> None:
+        if round_index == self.round_index:
+            raise KeyboardInterrupt
+
+
+def _rows(out) -> list[dict]:
+    return [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+
+
+def test_client_dp_run_resumes_exactly_with_clip_optimiser_and_ledger(data_root, tmp_path) -> None:
+    whole = RunConfig(**CLIENT_RUN, data_dir=str(data_root), out=str(tmp_path / "whole"))
+    summary = run(whole)
+    cut = RunConfig(**CLIENT_RUN, data_dir=str(data_root), out=str(tmp_path / "cut"))
+    with pytest.raises(KeyboardInterrupt):
+        run(cut, progress=_StopAt(3))
+    resumed = run(cut, resume=True)
+    a = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
+    assert torch.equal(a["server"]["params"], b["server"]["params"])
+    assert torch.equal(a["server"]["optimizer"]["v"], b["server"]["optimizer"]["v"])
+    assert a["aggregator"] == b["aggregator"] and a["ledger"] == b["ledger"]
+    timing = ("seconds", "elapsed")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(_rows(tmp_path / "whole")) == strip(_rows(tmp_path / "cut"))
+    assert resumed.test_accuracy == summary.test_accuracy
+    rows = _rows(tmp_path / "whole")
+    # the ledger: one Poisson-sampled Gaussian per round at q = 10/30, δ = 1/30^1.1 by default
+    z, delta = rows[0]["sigma"], rows[0]["delta"]
+    assert delta == pytest.approx(30**-1.1)
+    for row in rows:
+        expected = dpcalib.epsilon(sigma=z, q=1 / 3, steps=row["round"], delta=delta)
+        assert row["epsilon"] == pytest.approx(expected, rel=1e-9)
+        assert {"clip", "noise_std", "noisy_fraction_unclipped"} <= set(row)
+    assert rows[-1]["epsilon"] <= 8.0
+    assert rows[0]["clip"] == 0.5 and rows[1]["clip"] != 0.5  # the adaptive clip moved
+    assert a["aggregator"]["clip"] != rows[-1]["clip"]  # the checkpoint holds the clip of the next round
+
+
+@pytest.mark.slow
+def test_client_dp_fedavg_learns_mnist_over_200_clients(data_root, tmp_path) -> None:
+    """End to end, small: 200 non-IID clients, ~40 per round, client-level ε = 8; against the same run without DP."""
+    common = dict(dataset="mnist", train_samples=12000, test_samples=1000, clients=200, partition="dirichlet",
+                  alpha=0.5, rounds=12, local_steps=8, batch_size=16, lr=0.05, model="logreg", seed=1,
+                  data_dir=str(data_root), server_momentum=0.5)
+    private = run(RunConfig(**common, dp="client", expected_clients=40, eps=8.0, delta=1e-5, clip=0.5,
+                            adaptive_clip=True, out=str(tmp_path / "dp")))
+    plain = run(RunConfig(**common, dp="none", client_fraction=0.2, out=str(tmp_path / "plain")))
+    assert private.epsilon is not None and private.epsilon <= 8.0 and private.rounds_completed == 12
+    assert plain.test_accuracy > 0.8
+    assert private.test_accuracy > 0.7
