@@ -88,7 +88,8 @@ class LocalTrainer:
     ) -> ClientUpdates:
         """Train ``client_ids`` from the flat ``global_params`` (P,) with local learning rate ``lr`` (default: the
         plan's); ``on_step(step)`` after each local step of the first group."""
-        deltas, losses = [], []
+        # a Poisson-sampled round may have no client (client-level DP): then no delta and no loss
+        deltas, losses = [global_params.new_zeros(0, global_params.numel())], [torch.zeros(0)]
         group = self.plan.parallel_clients
         lr = self.plan.lr if lr is None else lr
         for start in range(0, len(client_ids), group):

@@ -11,7 +11,7 @@ from fltrain.privacy import PrivacyLedger, make_plan
 PLAN = dict(eps=4.0, delta=1e-5, q=0.01, steps_per_round=50, rounds=6)
 
 
-@pytest.mark.parametrize("accountant", ["rdp"])
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
 def test_calibrated_plan_meets_the_target_and_ledger_equals_dpcalib(accountant):
     plan = make_plan(**PLAN, accountant=accountant)
     assert plan.calibrated
