@@ -290,7 +290,7 @@ def compare(eps: float, delta: float, q, steps, epochs, dataset_size, batch_size
     ]
     for row in rows:
         lines.append(
-            f"{row['accountant']:<12}{row['sigma']:>14.6g}{row['sigma_vs_reference']:>+15.2%} {row['eps_at_reference_sigma']:>21.6g}"
+            f"{row['accountant']:<12}{row['sigma']:>14.7g}{row['sigma_vs_reference']:>+15.2%} {row['eps_at_reference_sigma']:>21.7g}"
         )
     _emit(as_json, record, "\n".join(lines))
 
