@@ -34,7 +34,7 @@ def _metrics(out) -> list[dict]:
 
 
 def _without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in ("seconds", "elapsed")} for row in rows]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "cpu_seconds", "elapsed")} for row in rows]
 
 
 @pytest.mark.parametrize("dp", ["none", "sample"])
