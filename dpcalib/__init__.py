@@ -1,3 +1,94 @@
-"""dpcalib: differential-privacy accounting and noise calibration for the subsampled Gaussian mechanism."""
+"""dpcalib: differential-privacy accounting and noise calibration for the subsampled Gaussian mechanism.
+
+A user needs ``import dpcalib`` alone::
+
+    import dpcalib
+    sigma = dpcalib.calibrate_sigma(eps=2.0, delta=1e-5, q=0.01, steps=1000)
+    eps = dpcalib.epsilon(sigma=sigma, q=0.01, steps=1000, delta=1e-5)
+    acc = dpcalib.make_accountant("rdp").compose(dpcalib.dpsgd_event(sigma=sigma, q=0.01, steps=1000))
+    acc.epsilon(1e-5)
+
+numpy, scipy and click only; importing dpcalib never imports torch.
+"""
+
+from .accountant import ACCOUNTANTS, Accountant, RdpAccountant, accountant_from_state_dict, make_accountant
+from .calibrate import (
+    calibrate_q,
+    calibrate_sigma,
+    calibrate_sigma_for,
+    calibrate_steps,
+    delta,
+    epsilon,
+    event_delta,
+    event_epsilon,
+)
+from .conversion import optimise_delta, optimise_epsilon, rdp_to_delta, rdp_to_epsilon
+from .errors import (
+    DpcalibError,
+    DpcalibWarning,
+    InvalidArgumentError,
+    OrderRangeWarning,
+    UnreachableTargetError,
+    UnsupportedEventError,
+)
+from .events import (
+    Composed,
+    Event,
+    Gaussian,
+    Neighbouring,
+    PoissonSampled,
+    Repeated,
+    SampledWithoutReplacement,
+    dpsgd_event,
+    event_from_dict,
+    event_to_dict,
+)
+from .rdp import DEFAULT_ORDERS, gaussian_rdp, poisson_gaussian_rdp, without_replacement_gaussian_rdp
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # queries and calibration
+    "epsilon",
+    "delta",
+    "event_epsilon",
+    "event_delta",
+    "calibrate_sigma",
+    "calibrate_sigma_for",
+    "calibrate_steps",
+    "calibrate_q",
+    # accountants
+    "Accountant",
+    "RdpAccountant",
+    "ACCOUNTANTS",
+    "make_accountant",
+    "accountant_from_state_dict",
+    # events
+    "Event",
+    "Gaussian",
+    "PoissonSampled",
+    "SampledWithoutReplacement",
+    "Repeated",
+    "Composed",
+    "Neighbouring",
+    "dpsgd_event",
+    "event_to_dict",
+    "event_from_dict",
+    # RDP curves and conversion
+    "DEFAULT_ORDERS",
+    "gaussian_rdp",
+    "poisson_gaussian_rdp",
+    "without_replacement_gaussian_rdp",
+    "rdp_to_epsilon",
+    "rdp_to_delta",
+    "optimise_epsilon",
+    "optimise_delta",
+    # errors
+    "DpcalibError",
+    "InvalidArgumentError",
+    "UnreachableTargetError",
+    "UnsupportedEventError",
+    "DpcalibWarning",
+    "OrderRangeWarning",
+]

@@ -12,6 +12,8 @@ __all__ = [
     "InvalidArgumentError",
     "UnreachableTargetError",
     "UnsupportedEventError",
+    "DpcalibWarning",
+    "OrderRangeWarning",
     "check_positive",
     "check_open_unit",
     "check_rate",
@@ -45,6 +47,14 @@ class UnreachableTargetError(DpcalibError):
 
 class UnsupportedEventError(DpcalibError, TypeError):
     """An accountant was given an event it cannot account for (e.g. a neighbouring relation it does not support)."""
+
+
+class DpcalibWarning(UserWarning):
+    """Base class of every warning dpcalib issues."""
+
+
+class OrderRangeWarning(DpcalibWarning):
+    """The RDP order that attains the bound lies at the edge of the order grid: a wider grid may give a smaller ε."""
 
 
 def _is_real(value: object) -> bool:

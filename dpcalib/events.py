@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Mapping, Union
 
 from .errors import InvalidArgumentError, check_count, check_positive, check_rate
 
@@ -25,6 +25,8 @@ __all__ = [
     "Repeated",
     "Event",
     "dpsgd_event",
+    "event_to_dict",
+    "event_from_dict",
 ]
 
 
@@ -105,3 +107,37 @@ Event = Union[Gaussian, PoissonSampled, SampledWithoutReplacement, Repeated, Com
 def dpsgd_event(*, sigma: float, q: float, steps: int) -> Event:
     """The event of ``steps`` DP-SGD steps with Poisson rate ``q`` and noise multiplier ``sigma``."""
     return Repeated(PoissonSampled(q, Gaussian(sigma)), steps)
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """A JSON-serialisable description of ``event`` that :func:`event_from_dict` turns back into an equal event."""
+    if isinstance(event, Gaussian):
+        return {"type": "gaussian", "sigma": event.sigma}
+    if isinstance(event, PoissonSampled):
+        return {"type": "poisson_sampled", "q": event.q, "event": event_to_dict(event.event)}
+    if isinstance(event, SampledWithoutReplacement):
+        return {"type": "sampled_without_replacement", "n": event.n, "batch": event.batch, "event": event_to_dict(event.event)}
+    if isinstance(event, Repeated):
+        return {"type": "repeated", "count": event.count, "event": event_to_dict(event.event)}
+    if isinstance(event, Composed):
+        return {"type": "composed", "events": [event_to_dict(e) for e in event.events]}
+    raise InvalidArgumentError("event", event, "a dpcalib event (Gaussian, PoissonSampled, SampledWithoutReplacement, Repeated, Composed)")
+
+
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    """Rebuild the event described by :func:`event_to_dict` (validating every field)."""
+    kind = data.get("type") if isinstance(data, Mapping) else None
+    try:
+        if kind == "gaussian":
+            return Gaussian(data["sigma"])
+        if kind == "poisson_sampled":
+            return PoissonSampled(data["q"], event_from_dict(data["event"]))
+        if kind == "sampled_without_replacement":
+            return SampledWithoutReplacement(data["n"], data["batch"], event_from_dict(data["event"]))
+        if kind == "repeated":
+            return Repeated(event_from_dict(data["event"]), data["count"])
+        if kind == "composed":
+            return Composed(tuple(event_from_dict(e) for e in data["events"]))
+    except KeyError as missing:
+        raise InvalidArgumentError("event", dict(data), f"a dict with the field {missing}") from None
+    raise InvalidArgumentError("event", data, "a dict with 'type' in gaussian, poisson_sampled, sampled_without_replacement, repeated, composed")

@@ -1,0 +1,261 @@
+"""Privacy queries and calibration for DP-SGD, under any registered accountant.
+
+Queries: :func:`epsilon`, :func:`delta` (DP-SGD with Poisson rate q, noise multiplier σ, T steps) and
+:func:`event_epsilon`, :func:`event_delta` (any event). Calibrations answer the inverse questions by root finding
+on a monotone budget: ε decreases with σ and increases with q and T.
+
+Method (all calibrations): a doubling bracket, then Brent's method (Brent 1973, via ``scipy.optimize.brentq``) on
+log σ or log q to a relative tolerance ``rtol`` (default 1e-6), or integer bisection on T. The value returned is
+always the conservative end of the final bracket and has been evaluated under the same accountant: its ε is ≤ the
+target (never "within tolerance" above it). A target that cannot be met in the search range (σ up to 1e6, q down
+to 1e-12, one step), or that is met without the parameter mattering (σ down to 0.05, q = 1 is returned as 1,
+every T up to 1e12), raises :class:`~dpcalib.errors.UnreachableTargetError` with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+from .accountant import make_accountant
+from .errors import (
+    InvalidArgumentError,
+    OrderRangeWarning,
+    UnreachableTargetError,
+    check_count,
+    check_open_unit,
+    check_positive,
+    check_rate,
+)
+from .events import Event, dpsgd_event
+
+__all__ = [
+    "SIGMA_MIN",
+    "SIGMA_MAX",
+    "Q_MIN",
+    "STEPS_MAX",
+    "epsilon",
+    "delta",
+    "event_epsilon",
+    "event_delta",
+    "calibrate_sigma",
+    "calibrate_sigma_for",
+    "calibrate_steps",
+    "calibrate_q",
+]
+
+SIGMA_MIN = 0.05
+SIGMA_MAX = 1e6
+Q_MIN = 1e-12
+STEPS_MAX = 10**12
+
+
+def event_epsilon(event: Event, *, delta: float, accountant: str = "rdp", **options: Any) -> float:
+    """ε(δ) of ``event`` under the named accountant (an upper bound; see that accountant's docstring)."""
+    delta = check_open_unit("delta", delta)
+    return make_accountant(accountant, **options).compose(event).epsilon(delta)
+
+
+def event_delta(event: Event, *, eps: float, accountant: str = "rdp", **options: Any) -> float:
+    """δ(ε) of ``event`` under the named accountant (an upper bound)."""
+    eps = check_positive("eps", eps)
+    return make_accountant(accountant, **options).compose(event).delta(eps)
+
+
+def epsilon(*, sigma: float, q: float, steps: int, delta: float, accountant: str = "rdp", **options: Any) -> float:
+    """ε(δ) after ``steps`` DP-SGD steps with Poisson rate ``q`` and noise multiplier ``sigma``.
+
+    With ``accountant="rdp"``: the exact RDP of the sampled Gaussian (Mironov, Talwar, Zhang 2019) composed over
+    steps and converted by Canonne–Kamath–Steinke 2020 / Balle et al. 2020 at the best order.
+    """
+    return event_epsilon(_dpsgd(sigma, q, steps), delta=delta, accountant=accountant, **options)
+
+
+def delta(*, sigma: float, q: float, steps: int, eps: float, accountant: str = "rdp", **options: Any) -> float:
+    """δ(ε) after ``steps`` DP-SGD steps with Poisson rate ``q`` and noise multiplier ``sigma``."""
+    return event_delta(_dpsgd(sigma, q, steps), eps=eps, accountant=accountant, **options)
+
+
+def calibrate_sigma(
+    *, eps: float, delta: float, q: float, steps: int, accountant: str = "rdp", rtol: float = 1e-6, **options: Any
+) -> float:
+    """The smallest noise multiplier σ (to relative tolerance ``rtol``) with ε(σ) ≤ ``eps`` at ``delta`` for
+    ``steps`` DP-SGD steps with Poisson rate ``q``. The σ returned is verified: ε(σ) ≤ eps."""
+    q = check_rate("q", q)
+    steps = check_count("steps", steps)
+    return calibrate_sigma_for(
+        lambda sigma: dpsgd_event(sigma=sigma, q=q, steps=steps),
+        eps=eps,
+        delta=delta,
+        accountant=accountant,
+        rtol=rtol,
+        **options,
+    )
+
+
+def calibrate_sigma_for(
+    make_event: Callable[[float], Event],
+    *,
+    eps: float,
+    delta: float,
+    accountant: str = "rdp",
+    rtol: float = 1e-6,
+    **options: Any,
+) -> float:
+    """The smallest σ in [0.05, 1e6] (to relative tolerance ``rtol``) with ε(make_event(σ)) ≤ ``eps``; verified.
+
+    ``make_event`` must give events whose ε decreases with σ (e.g. heterogeneous training phases sharing σ).
+    """
+    eps, delta, rtol = _check_target(eps, delta, rtol)
+    excess = _excess(lambda x: make_event(math.exp(x)), eps, delta, accountant, options)
+    x = 0.0
+    if excess(x) > 0.0:
+        lo = x
+        while True:
+            x += math.log(2.0)
+            if x > math.log(SIGMA_MAX):
+                x = math.log(SIGMA_MAX)
+                if excess(x) > 0.0:
+                    raise UnreachableTargetError(
+                        f"eps={eps:g} at delta={delta:g} cannot be met with any noise multiplier up to sigma={SIGMA_MAX:g}"
+                    )
+                break
+            if excess(x) <= 0.0:
+                break
+            lo = x
+        hi = x
+    else:
+        hi = x
+        while True:
+            x -= math.log(2.0)
+            if x < math.log(SIGMA_MIN):
+                x = math.log(SIGMA_MIN)
+                if excess(x) <= 0.0:
+                    raise UnreachableTargetError(
+                        f"eps={eps:g} at delta={delta:g} is met even with sigma={SIGMA_MIN:g}: the target does not "
+                        "constrain the noise (is eps meant to be this large?)"
+                    )
+                break
+            if excess(x) > 0.0:
+                break
+            hi = x
+        lo = x
+    return math.exp(_conservative_root(excess, ok=hi, bad=lo, rtol=rtol))
+
+
+def calibrate_q(
+    *, eps: float, delta: float, sigma: float, steps: int, accountant: str = "rdp", rtol: float = 1e-6, **options: Any
+) -> float:
+    """The largest Poisson rate q ≤ 1 (to relative tolerance ``rtol``) with ε ≤ ``eps`` for ``steps`` steps at
+    noise ``sigma``; 1.0 if even q = 1 meets the target. Verified: ε(q) ≤ eps."""
+    eps, delta, rtol = _check_target(eps, delta, rtol)
+    sigma = check_positive("sigma", sigma)
+    steps = check_count("steps", steps)
+    excess = _excess(lambda x: dpsgd_event(sigma=sigma, q=min(math.exp(x), 1.0), steps=steps), eps, delta, accountant, options)
+    if excess(0.0) <= 0.0:
+        return 1.0
+    bad = 0.0
+    x = 0.0
+    while True:
+        x -= math.log(2.0)
+        if x < math.log(Q_MIN):
+            x = math.log(Q_MIN)
+            if excess(x) > 0.0:
+                raise UnreachableTargetError(
+                    f"eps={eps:g} at delta={delta:g} cannot be met for {steps} steps at sigma={sigma:g} even with q={Q_MIN:g}"
+                )
+            break
+        if excess(x) <= 0.0:
+            break
+        bad = x
+    return min(math.exp(_conservative_root(excess, ok=x, bad=bad, rtol=rtol)), 1.0)
+
+
+def calibrate_steps(
+    *, eps: float, delta: float, sigma: float, q: float, accountant: str = "rdp", **options: Any
+) -> int:
+    """The largest number of DP-SGD steps with ε ≤ ``eps`` at ``delta`` (Poisson rate ``q``, noise ``sigma``).
+
+    Doubling then integer bisection; the count returned has been evaluated and meets the target.
+    """
+    eps, delta, _ = _check_target(eps, delta, 1e-6)
+    sigma = check_positive("sigma", sigma)
+    q = check_rate("q", q)
+
+    def fits(steps: int) -> bool:
+        return _quiet_epsilon(dpsgd_event(sigma=sigma, q=q, steps=steps), delta, accountant, options) <= eps
+
+    if not fits(1):
+        raise UnreachableTargetError(f"even one step at sigma={sigma:g}, q={q:g} exceeds eps={eps:g} at delta={delta:g}")
+    good, bad = 1, 2
+    while fits(bad):
+        good = bad
+        if bad >= STEPS_MAX:
+            raise UnreachableTargetError(
+                f"eps={eps:g} at delta={delta:g} is met for every step count up to {STEPS_MAX:g}: the budget does not "
+                "limit training at this sigma and q"
+            )
+        bad = min(2 * bad, STEPS_MAX)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _dpsgd(sigma: float, q: float, steps: int) -> Event:
+    return dpsgd_event(sigma=check_positive("sigma", sigma), q=check_rate("q", q), steps=check_count("steps", steps))
+
+
+def _check_target(eps: float, delta: float, rtol: float) -> tuple[float, float, float]:
+    eps = check_positive("eps", eps)
+    delta = check_open_unit("delta", delta)
+    rtol = check_positive("rtol", rtol)
+    if rtol > 0.1:
+        raise InvalidArgumentError("rtol", rtol, "in (0, 0.1]")
+    return eps, delta, rtol
+
+
+def _quiet_epsilon(event: Event, delta: float, accountant: str, options: dict[str, Any]) -> float:
+    """ε of ``event`` without edge-of-grid warnings (intermediate points of a search are not the answer)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OrderRangeWarning)
+        return make_accountant(accountant, **options).compose(event).epsilon(delta)
+
+
+def _excess(
+    make_event: Callable[[float], Event], eps: float, delta: float, accountant: str, options: dict[str, Any]
+) -> Callable[[float], float]:
+    """x ↦ ε(make_event(x)) - eps; ≤ 0 means the target is met. Remembers its own values (the solver asks for
+    the bracket ends again)."""
+    seen: dict[float, float] = {}
+
+    def excess(x: float) -> float:
+        if x not in seen:
+            seen[x] = _quiet_epsilon(make_event(x), delta, accountant, options) - eps
+        return seen[x]
+
+    return excess
+
+
+def _conservative_root(excess: Callable[[float], float], *, ok: float, bad: float, rtol: float) -> float:
+    """A point within ``rtol`` (in x = log of the parameter) of the boundary between ``bad`` (excess > 0) and
+    ``ok`` (excess ≤ 0), on the ``ok`` side and verified there."""
+    from scipy.optimize import brentq  # imported on first use: keeps `dpcalib --help` fast
+
+    if abs(ok - bad) <= rtol:
+        return ok
+    root = brentq(excess, min(ok, bad), max(ok, bad), xtol=rtol / 4.0)
+    step = math.copysign(rtol / 2.0, ok - bad)
+    x = root + step
+    while (x - ok) * (ok - bad) < 0.0:  # still strictly inside the bracket
+        if excess(x) <= 0.0:
+            return x
+        x += step
+    return ok

@@ -1,0 +1,259 @@
+"""From an RDP curve to (ε, δ)-DP, and the search for the best order.
+
+Bounds, per order α > 1 with RDP value r = ε_RDP(α) of the whole composition:
+
+* ``"improved"`` (default): Canonne, Kamath, Steinke 2020 ("The discrete Gaussian for differential privacy",
+  Prop. 12) = Balle, Barthe, Gaboardi, Hsu, Sato 2020 ("Hypothesis testing interpretations and Rényi
+  differential privacy", Thm. 21):  ε = r + log(1 - 1/α) - (log δ + log α)/(α - 1),
+  equivalently log δ = (α - 1)(r - ε + log(1 - 1/α)) - log α.
+  Tightened by two rules that are always valid: ε ≥ 0 can be clamped to 0 (an (ε', δ) guarantee with ε' < 0
+  implies (0, δ)); and, since the KL divergence is at most every D_α (α > 1), the Bretagnolle–Huber bound
+  TV ≤ sqrt(1 - exp(-KL)) gives δ(ε) ≤ δ(0) = TV ≤ sqrt(1 - exp(-r)), so ε = 0 once δ² ≥ 1 - exp(-r)
+  (the rule dp_accounting applies too).
+* ``"classic"``: Mironov 2017 ("Rényi differential privacy", Prop. 3): ε = r + log(1/δ)/(α - 1),
+  log δ = (α - 1)(r - ε).
+
+:func:`optimise_epsilon` / :func:`optimise_delta` minimise over orders. They use that the RDP of any mechanism
+is non-decreasing in α (van Erven & Harremoës 2014) and that both bounds are increasing in r, so an order whose
+bound, evaluated with the RDP of a smaller order, is already no better than the best so far can be skipped
+without changing the minimum over the grid. Around the best grid order the search zooms in (a finer local
+grid), so the reported ε is never larger than the grid's and often a little smaller.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .errors import InvalidArgumentError, OrderRangeWarning, check_open_unit
+from .rdp import DEFAULT_ORDERS, MIN_ORDER, check_orders
+
+__all__ = [
+    "METHODS",
+    "Conversion",
+    "epsilon_bounds",
+    "log_delta_bounds",
+    "rdp_to_epsilon",
+    "rdp_to_delta",
+    "optimise_epsilon",
+    "optimise_delta",
+]
+
+METHODS = ("improved", "classic")
+
+Curve = Callable[[NDArray[np.float64]], NDArray[np.float64]]
+
+# Orders up to this bound are evaluated together in one vectorised batch; larger ones one at a time, so that
+# the expensive high orders are skipped as soon as a smaller order shows they cannot win.
+_BATCH_MAX_ORDER = 64.0
+# Points of the local grid that refines around the best order.
+_ZOOM_POINTS = 8
+_MAX_INTEGER_BATCH = 16
+
+
+class Conversion(NamedTuple):
+    """The result of a conversion: the bound (ε, or δ), the order attaining it, and whether that order is at the
+    edge of the explored range (then a wider grid might do better)."""
+
+    value: float
+    order: float
+    at_edge: bool
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise InvalidArgumentError("method", method, "one of " + ", ".join(repr(m) for m in METHODS))
+    return method
+
+
+def _check_eps(eps: float) -> float:
+    if not isinstance(eps, (int, float, np.floating, np.integer)) or not (0.0 <= float(eps) < math.inf):
+        raise InvalidArgumentError("eps", eps, "a finite number >= 0")
+    return float(eps)
+
+
+def epsilon_bounds(orders: ArrayLike, rdp: ArrayLike, delta: float, method: str = "improved") -> NDArray[np.float64]:
+    """ε(δ) implied by the RDP value at each order (see the module docstring for the bounds); never negative."""
+    delta = check_open_unit("delta", delta)
+    _check_method(method)
+    alpha = np.asarray(orders, dtype=np.float64)
+    r = np.asarray(rdp, dtype=np.float64)
+    log_delta = math.log(delta)
+    if method == "classic":
+        return np.maximum(r - log_delta / (alpha - 1.0), 0.0)
+    eps = r + np.log1p(-1.0 / alpha) - (log_delta + np.log(alpha)) / (alpha - 1.0)
+    with np.errstate(over="ignore"):
+        kl_zero = delta * delta + np.expm1(-r) >= 0.0
+    return np.where(kl_zero, 0.0, np.maximum(eps, 0.0))
+
+
+def log_delta_bounds(orders: ArrayLike, rdp: ArrayLike, eps: float, method: str = "improved") -> NDArray[np.float64]:
+    """log δ(ε) implied by the RDP value at each order (see the module docstring); never above log 1 = 0."""
+    eps = _check_eps(eps)
+    _check_method(method)
+    alpha = np.asarray(orders, dtype=np.float64)
+    r = np.asarray(rdp, dtype=np.float64)
+    if method == "classic":
+        return np.minimum((alpha - 1.0) * (r - eps), 0.0)
+    bound = (alpha - 1.0) * (r - eps + np.log1p(-1.0 / alpha)) - np.log(alpha)
+    with np.errstate(divide="ignore"):
+        kl = 0.5 * np.log(-np.expm1(-r))
+    return np.minimum(np.minimum(bound, kl), 0.0)
+
+
+def rdp_to_epsilon(orders: ArrayLike, rdp: ArrayLike, delta: float, method: str = "improved") -> tuple[float, float]:
+    """The smallest ε(δ) over the given (order, RDP) pairs, and the order attaining it (no refinement)."""
+    alpha = check_orders(orders)
+    values = epsilon_bounds(alpha, rdp, delta, method)
+    i = int(np.argmin(values))
+    return float(values[i]), float(alpha[i])
+
+
+def rdp_to_delta(orders: ArrayLike, rdp: ArrayLike, eps: float, method: str = "improved") -> tuple[float, float]:
+    """The smallest δ(ε) over the given (order, RDP) pairs, and the order attaining it (no refinement)."""
+    alpha = check_orders(orders)
+    values = log_delta_bounds(alpha, rdp, eps, method)
+    i = int(np.argmin(values))
+    return float(math.exp(values[i])), float(alpha[i])
+
+
+def optimise_epsilon(
+    curve: Curve,
+    delta: float,
+    orders: ArrayLike | None = None,
+    method: str = "improved",
+    refine: bool = True,
+    warn: bool = True,
+) -> Conversion:
+    """The smallest ε(δ) over ``orders`` (default :data:`~dpcalib.rdp.DEFAULT_ORDERS`) and, with ``refine``, a
+    finer local grid around the best one. ``curve(orders)`` returns the RDP of the composition at those orders.
+    Warns :class:`~dpcalib.errors.OrderRangeWarning` (if ``warn``) when the best order is at the edge."""
+    delta = check_open_unit("delta", delta)
+    _check_method(method)
+    result = _minimise(curve, lambda a, r: epsilon_bounds(a, r, delta, method), orders, refine)
+    if warn and result.at_edge and result.value > 0.0:
+        _warn_edge(result)
+    return result
+
+
+def optimise_delta(
+    curve: Curve,
+    eps: float,
+    orders: ArrayLike | None = None,
+    method: str = "improved",
+    refine: bool = True,
+    warn: bool = True,
+) -> Conversion:
+    """The smallest δ(ε) over ``orders`` (see :func:`optimise_epsilon`); the value returned is δ, not log δ."""
+    eps = _check_eps(eps)
+    _check_method(method)
+    result = _minimise(curve, lambda a, r: log_delta_bounds(a, r, eps, method), orders, refine)
+    converted = Conversion(float(math.exp(result.value)), result.order, result.at_edge)
+    if warn and converted.at_edge and converted.value > 0.0:
+        _warn_edge(converted)
+    return converted
+
+
+def _warn_edge(result: Conversion) -> None:
+    warnings.warn(
+        f"the optimal RDP order {result.order:g} lies at the edge of the order grid; "
+        "pass a wider grid (orders=...) for a possibly tighter bound",
+        OrderRangeWarning,
+        stacklevel=3,
+    )
+
+
+def _minimise(
+    curve: Curve,
+    objective: Callable[[NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64]],
+    orders: ArrayLike | None,
+    refine: bool,
+) -> Conversion:
+    grid = np.unique(DEFAULT_ORDERS if orders is None else check_orders(orders))
+    # known points of the cumulant K(α) = (α - 1) ε_RDP(α); K(1) = 0 for every mechanism
+    known = {1.0: 0.0}
+    best = [math.inf, float(grid[0])]
+
+    def evaluate(points: NDArray[np.float64]) -> None:
+        points = points[[p not in known for p in points.tolist()]] if points.size else points
+        if points.size == 0:
+            return
+        r = np.asarray(curve(points), dtype=np.float64)
+        known.update(zip(points.tolist(), ((points - 1.0) * r).tolist()))
+        values = objective(points, r)
+        i = int(np.argmin(values))
+        if values[i] < best[0] or (values[i] == best[0] and points[i] < best[1]):
+            best[0], best[1] = float(values[i]), float(points[i])
+
+    def promising(points: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The points whose bound could still beat the best: evaluated with a lower bound on their RDP."""
+        return points[objective(points, _rdp_lower_bound(known, points)) < best[0]]
+
+    anchors = (grid == np.round(grid)) & (grid <= _BATCH_MAX_ORDER)
+    evaluate(grid[anchors] if anchors.any() else grid[:1])
+    rest = grid[~anchors]
+    evaluate(promising(rest[rest <= _BATCH_MAX_ORDER]))
+    for alpha in rest[rest > _BATCH_MAX_ORDER]:
+        evaluate(promising(np.array([alpha])))
+
+    low_edge = min(MIN_ORDER, float(grid[0])) if refine else float(grid[0])
+    if refine:
+        _zoom(lambda p: evaluate(promising(p)), grid, best, low_edge)
+    at_edge = best[1] <= low_edge or best[1] >= float(grid[-1])
+    return Conversion(best[0], best[1], bool(at_edge))
+
+
+def _rdp_lower_bound(known: dict[float, float], points: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A lower bound on ε_RDP at ``points`` from the known values of K(α) = (α - 1) ε_RDP(α).
+
+    ε_RDP is non-decreasing in α, and K is convex (it is the cumulant generating function of the privacy loss),
+    so K lies above the extensions of the chords through neighbouring known points. A relative margin of 1e-9
+    absorbs rounding in the known values.
+    """
+    a = np.array(sorted(known))
+    k = np.array([known[x] for x in a.tolist()])
+    r = np.zeros_like(k)
+    r[1:] = k[1:] / (a[1:] - 1.0)
+    r = np.maximum.accumulate(r)
+    i = np.clip(np.searchsorted(a, points, side="right") - 1, 0, a.size - 1)
+    lb_k = (points - 1.0) * r[i]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left = i >= 1
+        il = np.maximum(i - 1, 0)
+        chord_left = k[i] + (points - a[i]) * (k[i] - k[il]) / (a[i] - a[il])
+        lb_k = np.where(left, np.maximum(lb_k, chord_left), lb_k)
+        right = i + 2 <= a.size - 1
+        i1, i2 = np.minimum(i + 1, a.size - 1), np.minimum(i + 2, a.size - 1)
+        chord_right = k[i1] - (a[i1] - points) * (k[i2] - k[i1]) / (a[i2] - a[i1])
+        lb_k = np.where(right, np.maximum(lb_k, chord_right), lb_k)
+    lb_k = lb_k - 1e-9 * np.abs(lb_k)
+    return np.maximum(lb_k, 0.0) / (points - 1.0)
+
+
+def _zoom(evaluate: Callable[[NDArray[np.float64]], None], grid: NDArray[np.float64], best: list[float], low_edge: float) -> None:
+    """Evaluate a finer grid between the neighbours of the best order: where they are at least 4 apart, integer
+    orders (exact and cheap), narrowing a geometric sample of at most 16 of them until all remaining ones fit;
+    otherwise an even subdivision into 9 intervals."""
+    b = best[1]
+    i = int(np.searchsorted(grid, b))
+    lo = float(grid[i - 1]) if i > 0 else low_edge
+    hi = float(grid[i + 1]) if i + 1 < grid.size else b
+    if hi - lo < 4.0:
+        points = np.linspace(lo, hi, _ZOOM_POINTS + 2)[1:-1]
+        evaluate(points[points != b])
+        return
+    while True:
+        inside = np.arange(math.floor(lo) + 1, math.ceil(hi), dtype=np.float64)
+        inside = inside[(inside > lo) & (inside < hi)]
+        if inside.size <= _MAX_INTEGER_BATCH:
+            evaluate(inside[inside != best[1]])
+            return
+        points = np.unique(np.round(np.geomspace(inside[0], inside[-1], _MAX_INTEGER_BATCH)))
+        evaluate(points[points != best[1]])
+        edges = np.unique(np.concatenate([[lo, hi, best[1]], points]))
+        j = int(np.searchsorted(edges, best[1]))
+        lo, hi = float(edges[max(j - 1, 0)]), float(edges[min(j + 1, edges.size - 1)])

@@ -1,0 +1,307 @@
+"""Rényi-DP curves of the (subsampled) Gaussian mechanism, in log space and vectorised over orders.
+
+Every function takes an array of orders α > 1 and returns the RDP ε(α) of *one* run of the mechanism at each
+order (Mironov 2017, "Rényi differential privacy"). Composition adds curves (Mironov 2017, Prop. 1).
+
+Notation: ``sigma`` is the noise multiplier (noise std / L2 sensitivity), ``s = 1/sigma``,
+``r(z) = exp((2z - 1) / (2 sigma^2))`` the likelihood ratio N(1, σ²)/N(0, σ²), and for the Poisson-subsampled
+Gaussian with rate q (Mironov, Talwar, Zhang 2019, "Rényi differential privacy of the sampled Gaussian
+mechanism", eq. for A_α)
+
+    A_α = E_{z ~ N(0, σ²)} [ (1 - q + q r(z))^α ],        ε(α) = log(A_α) / (α - 1).
+
+All three ways of computing A_α below return ``log(A_α - 1)`` first and then ``log A_α = log1p(A_α - 1)``, so that
+tiny curves (q = 1e-8, σ = 1e5: A_α - 1 ≈ 1e-26) keep full relative precision instead of rounding to 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .errors import InvalidArgumentError, check_count, check_positive, check_rate
+
+__all__ = [
+    "DEFAULT_ORDERS",
+    "MIN_ORDER",
+    "gaussian_rdp",
+    "poisson_gaussian_rdp",
+    "without_replacement_gaussian_rdp",
+    "check_orders",
+]
+
+#: dp_accounting 0.6.0's default grid (1.1 … 10.9 by 0.1, 11 … 63, 128 … 1024) extended by 2048 … 8192.
+#: :func:`dpcalib.conversion.optimise_order` refines around the best of these, so the reported ε is never
+#: larger than dp_accounting's (or Opacus') default grid would give for the same curve.
+DEFAULT_ORDERS: NDArray[np.float64] = np.array(
+    [1.0 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024, 2048, 4096, 8192],
+    dtype=np.float64,
+)
+DEFAULT_ORDERS.setflags(write=False)
+
+#: The smallest order the refinement explores below the grid (the improved conversion is unstable closer to 1).
+MIN_ORDER = 1.01
+
+# Fractional orders (Mironov–Talwar–Zhang series): terms summed beyond ceil(α) + 1, and the number of
+# repeated averagings of the last partial sums (Euler transform of the alternating tail).
+_TAIL_TERMS = 48
+_EULER_AVERAGINGS = 10
+# Small-noise-difference regime (σ ≥ 1/_MOMENT_MAX_S and α q / σ ≤ _MOMENT_MAX_AQS): moment series.
+_MOMENT_MAX_S = 0.05
+_MOMENT_MAX_AQS = 0.1
+_MOMENT_TERMS = 24
+_HERMITE_NODES = 60
+
+
+def check_orders(orders: ArrayLike) -> NDArray[np.float64]:
+    """Return ``orders`` as a 1-d float array, raising :class:`InvalidArgumentError` unless every order is finite and > 1."""
+    arr = np.atleast_1d(np.asarray(orders, dtype=np.float64))
+    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 1.0):
+        raise InvalidArgumentError("orders", orders, "a non-empty sequence of finite numbers > 1")
+    return arr
+
+
+def gaussian_rdp(sigma: float, orders: ArrayLike) -> NDArray[np.float64]:
+    """RDP of the Gaussian mechanism with sensitivity 1 and noise multiplier ``sigma``: α / (2σ²) (Mironov 2017, Prop. 7)."""
+    sigma = check_positive("sigma", sigma)
+    return check_orders(orders) / (2.0 * sigma * sigma)
+
+
+def poisson_gaussian_rdp(q: float, sigma: float, orders: ArrayLike) -> NDArray[np.float64]:
+    """RDP of the Poisson-subsampled Gaussian mechanism under add/remove neighbouring, exactly.
+
+    Integer orders: the binomial expansion of A_α (Mironov, Talwar, Zhang 2019, Sec. 3.3), written as
+    ``A_α - 1 = Σ_{k=2}^{α} C(α,k) (1-q)^{α-k} q^k (exp(k(k-1)/(2σ²)) - 1)``, a sum of positive terms.
+    Fractional orders: the two-series formula of the same paper (Sec. 3.3), with the signs of the generalised
+    binomial coefficients kept, or, when the two Gaussians are close (σ ≥ 20, αq/σ ≤ 0.1), the moment series
+    ``A_α - 1 = Σ_k C(α,k) q^k E[(r - 1)^k]`` (same paper, Sec. 3.2). q = 1 is the Gaussian α/(2σ²).
+    """
+    q = check_rate("q", q)
+    sigma = check_positive("sigma", sigma)
+    alpha = check_orders(orders)
+    if q == 1.0:
+        return alpha / (2.0 * sigma * sigma)
+    integer = alpha == np.round(alpha)
+    log_am1 = np.empty_like(alpha)
+    if integer.any():
+        log_am1[integer] = _log_a_minus_1_int(q, sigma, alpha[integer])
+    frac = ~integer
+    if frac.any():
+        s = 1.0 / sigma
+        moment = frac & (s <= _MOMENT_MAX_S) & (alpha * q * s <= _MOMENT_MAX_AQS)
+        series = frac & ~moment
+        if moment.any():
+            log_am1[moment] = _log_a_minus_1_moments(q, sigma, alpha[moment])
+        if series.any():
+            log_am1[series] = _log_a_minus_1_frac(q, sigma, alpha[series])
+    return np.logaddexp(0.0, log_am1) / (alpha - 1.0)
+
+
+def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: ArrayLike) -> NDArray[np.float64]:
+    """RDP upper bound of the Gaussian mechanism on a uniformly random batch of ``batch`` out of ``n`` records.
+
+    Replace-one neighbouring. Integer orders α ≥ 2: Wang, Balle, Kasiviswanathan 2019 ("Subsampled Rényi
+    differential privacy and analytical moments accountant"), Theorem 9 with γ = batch/n, ε(j) = j/(2σ²) and
+    ε(∞) = ∞:  ``A_α ≤ 1 + γ² C(α,2) min(4(e^{ε(2)} - 1), 2 e^{ε(2)}) + Σ_{j≥3} 2 γ^j C(α,j) e^{(j-1)ε(j)}``.
+    Fractional orders: the cumulant generating function (α - 1)ε(α) is convex, so linear interpolation of the
+    bounds at ⌊α⌋ and ⌈α⌉ is an upper bound (same paper, Corollary 10; (α - 1)ε(α) = 0 at α = 1).
+    """
+    n = check_count("n", n)
+    batch = check_count("batch", batch)
+    if batch > n:
+        raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
+    sigma = check_positive("sigma", sigma)
+    alpha = check_orders(orders)
+    if batch == n:
+        return alpha / (2.0 * sigma * sigma)
+    gamma = batch / n
+    lo = np.floor(alpha)
+    hi = np.ceil(alpha)
+    points = np.unique(np.concatenate([lo, hi]))
+    points = points[points >= 2]
+    cgf = dict(zip(points.tolist(), _wor_log_a_int(gamma, sigma, points).tolist()))
+    cgf[1.0] = 0.0
+    cgf_lo = np.array([cgf[a] for a in lo.tolist()])
+    cgf_hi = np.array([cgf[a] for a in hi.tolist()])
+    t = alpha - lo
+    return ((1.0 - t) * cgf_lo + t * cgf_hi) / (alpha - 1.0)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _log_expm1(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log(exp(x) - 1) for x > 0 without overflow or loss of precision."""
+    small = np.minimum(x, 1.0)
+    return np.where(x > 1.0, x + np.log1p(-np.exp(-np.maximum(x, 1.0))), np.log(np.expm1(small)))
+
+
+def _segments(alpha: NDArray[np.float64], first: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.intp]]:
+    """Flattened (α, k) pairs for k = first … α of each integer α, and the start of each α's segment."""
+    a = alpha.astype(np.int64)
+    lengths = a - first + 1
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.intp)
+    total = int(lengths.sum())
+    k = np.arange(total, dtype=np.float64) - np.repeat(starts, lengths) + first
+    return np.repeat(alpha, lengths), k, starts
+
+
+def _segment_logsumexp(terms: NDArray[np.float64], starts: NDArray[np.intp]) -> NDArray[np.float64]:
+    top = np.maximum.reduceat(terms, starts)
+    lengths = np.diff(np.append(starts, terms.size))
+    return top + np.log(np.add.reduceat(np.exp(terms - np.repeat(top, lengths)), starts))
+
+
+def _log_binom(alpha: NDArray[np.float64], k: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log |C(α, k)| for real α and integer k ≥ 0 (scipy's gammaln is log|Γ|)."""
+    from scipy import special  # imported on first use: keeps `import dpcalib` and `dpcalib --help` fast
+
+    return special.gammaln(alpha + 1.0) - special.gammaln(k + 1.0) - special.gammaln(alpha - k + 1.0)
+
+
+def _log_a_minus_1_int(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log(A_α - 1) at integer orders: a log-sum-exp of positive binomial terms (see poisson_gaussian_rdp)."""
+    a, k, starts = _segments(alpha, 2)
+    terms = (
+        _log_binom(a, k)
+        + (a - k) * math.log1p(-q)
+        + k * math.log(q)
+        + _log_expm1(k * (k - 1.0) / (2.0 * sigma * sigma))
+    )
+    return _segment_logsumexp(terms, starts)
+
+
+def _log_w_m_phi(x: NDArray[np.float64], t: NDArray[np.float64], z0: float, sigma: float, log_w: float) -> NDArray[np.float64]:
+    """log( w^x · exp(x(x-1)/(2σ²)) · Φ(t) ) where t = ±(z0 - x)/σ and w = q/(1-q).
+
+    Uses the identity x log w + x(x-1)/(2σ²) = t²/2 - z0²/(2σ²) for the Φ(t) < 1/2 side, where
+    e^{t²/2} Φ(t) = erfcx(-t/√2)/2 stays accurate however far in the tail t lies.
+    """
+    from scipy import special
+
+    out = np.empty_like(t)
+    pos = t >= 0.0
+    xp = x[pos]
+    out[pos] = xp * log_w + xp * (xp - 1.0) / (2.0 * sigma * sigma) + special.log_ndtr(t[pos])
+    neg = ~pos
+    out[neg] = -z0 * z0 / (2.0 * sigma * sigma) + np.log(0.5 * special.erfcx(-t[neg] / math.sqrt(2.0)))
+    return out
+
+
+def _log_a_minus_1_frac(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log(A_α - 1) at fractional orders by the two series of Mironov, Talwar, Zhang 2019 (Sec. 3.3).
+
+    Split the integral at z0 = σ² log(1/q - 1) + 1/2, where (1 - q) = q r(z). With w = q/(1-q),
+    M_x = exp(x(x-1)/(2σ²)) and c_k = C(α, k) (signed: negative for odd k - ⌈α⌉ ≥ 1):
+
+        A_α = (1-q)^α Σ_{k≥0} c_k [ w^k M_k Φ((z0 - k)/σ) + w^{α-k} M_{α-k} Φ((α - k - z0)/σ) ].
+
+    The k = 0, 1 terms of the first series equal (1-q)^{α-1}(1 + (α-1)q) minus their Φ-complements, so
+    A_α - 1 = B - (1-q)^α [Φ̄(z0/σ) + α w Φ̄((z0-1)/σ)] + (rest), B = (1-q)^{α-1}(1 + (α-1)q) - 1, which keeps
+    relative precision when A_α - 1 is tiny. The alternating tail (terms ~ k^{-α-2}) is summed to ⌈α⌉ + 60
+    terms and its last 11 partial sums averaged 10 times (Euler transform), which is exact to ~1e-10 relative
+    even for α = 1.01 and q near 1 (tested against mpmath quadrature of the defining integral).
+    """
+    n_terms = int(np.ceil(alpha.max())) + 2 + _TAIL_TERMS + _EULER_AVERAGINGS
+    k = np.arange(n_terms, dtype=np.float64)[None, :]
+    a = alpha[:, None]
+    log_1mq = math.log1p(-q)
+    log_w = math.log(q) - log_1mq
+    z0 = sigma * sigma * (-log_w) + 0.5
+    # log|C(α,k)| by the product C(α,k) = Π_{i=1}^{k} (α - i + 1)/i; its sign flips with every i > α + 1
+    factors = np.abs(a - k[:, 1:] + 1.0) / k[:, 1:]
+    log_c = np.concatenate([np.zeros_like(a), np.cumsum(np.log(factors), axis=1)], axis=1)
+    sign_c = np.where(np.maximum(k - np.floor(a) - 1.0, 0.0) % 2.0 == 1.0, -1.0, 1.0)
+    x0 = np.broadcast_to(k, log_c.shape)
+    x1 = a - k
+    first = _log_w_m_phi(x0.ravel(), ((z0 - x0) / sigma).ravel(), z0, sigma, log_w).reshape(log_c.shape)
+    second = _log_w_m_phi(x1.ravel(), ((x1 - z0) / sigma).ravel(), z0, sigma, log_w).reshape(log_c.shape)
+    log_terms = np.logaddexp(first, second) + log_c + alpha[:, None] * log_1mq
+    # k = 0, 1 of the first series: replace Φ by -Φ̄ (the "1" is handled through B below)
+    comp = _log_w_m_phi(
+        np.array([0.0, 1.0]), np.array([-z0 / sigma, (1.0 - z0) / sigma]), z0, sigma, log_w
+    )  # log(w^x M_x Φ̄((z0 - x)/σ)) for x = 0, 1
+    signs = sign_c.copy()
+    for j in (0, 1):
+        mag, sgn = _logsubexp(second[:, j], comp[j])
+        log_terms[:, j] = mag + log_c[:, j] + alpha * log_1mq
+        signs[:, j] = sgn
+    log_b, sign_b = _log_b(q, alpha)
+    top = np.maximum(log_terms.max(axis=1), log_b)
+    scaled = signs * np.exp(log_terms - top[:, None])
+    partial = (sign_b * np.exp(log_b - top))[:, None] + np.cumsum(scaled, axis=1)
+    tail = partial[:, -(_EULER_AVERAGINGS + 1):]
+    for _ in range(_EULER_AVERAGINGS):
+        tail = 0.5 * (tail[:, 1:] + tail[:, :-1])
+    total = tail[:, 0]
+    with np.errstate(divide="ignore"):
+        return top + np.log(np.maximum(total, 0.0))
+
+
+def _logsubexp(log_x: NDArray[np.float64], log_y: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(log|e^x - e^y|, sign(e^x - e^y))."""
+    hi = np.maximum(log_x, log_y)
+    lo = np.minimum(log_x, log_y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = hi + np.log(-np.expm1(lo - hi))
+    return mag, np.where(log_x >= log_y, 1.0, -1.0)
+
+
+def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(log|B|, sign B) for B = (1-q)^{α-1} (1 + (α-1)q) - 1 ≤ 0, accurate for tiny q.
+
+    log(1 + B) = (α-1) log(1-q) + log(1 + (α-1)q) = Σ_{n≥2} qⁿ/n [(-1)^{n+1} (α-1)ⁿ - (α-1)] (power series,
+    used while q < 0.1 and (α-1)q < 0.1, so that the first-order terms cancel exactly).
+    """
+    am1 = alpha - 1.0
+    series = (am1 * q < 0.1) & (q < 0.1)
+    log1pb = np.empty_like(alpha)
+    if series.any():
+        m = am1[series][:, None]
+        nn = np.arange(2, 40, dtype=np.float64)[None, :]
+        coef = (np.where(nn % 2 == 0, -1.0, 1.0) * (m * q) ** nn - m * q**nn) / nn
+        log1pb[series] = coef.sum(axis=1)
+    direct = ~series
+    log1pb[direct] = am1[direct] * math.log1p(-q) + np.log1p(am1[direct] * q)
+    b = np.expm1(log1pb)
+    with np.errstate(divide="ignore"):
+        return np.log(np.abs(b)), np.sign(b)
+
+
+def _hermite() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    nodes, weights = np.polynomial.hermite_e.hermegauss(_HERMITE_NODES)
+    return nodes, weights / math.sqrt(2.0 * math.pi)
+
+
+def _log_a_minus_1_moments(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log(A_α - 1) by the moment series Σ_{k≥2} C(α,k) q^k E[(r - 1)^k] (Mironov, Talwar, Zhang 2019, Sec. 3.2).
+
+    Used only when σ ≥ 20 and αq/σ ≤ 0.1: then q(r - 1) exceeds 1 in absolute value only beyond 14 standard
+    deviations, the series converges geometrically, and E[(r-1)^k] (log r ~ N(-1/(2σ²), 1/σ²)) is computed by
+    60-point Gauss–Hermite quadrature of expm1, exact to rounding for such smooth integrands.
+    """
+    from scipy import special
+
+    s = 1.0 / sigma
+    nodes, weights = _hermite()
+    e = np.expm1(-0.5 * s * s + s * nodes)
+    k = np.arange(2, _MOMENT_TERMS + 2, dtype=np.float64)
+    moments = (weights[None, :] * e[None, :] ** k[:, None]).sum(axis=1)
+    a = alpha[:, None]
+    coef = special.gammasgn(a - k + 1.0) * np.exp(_log_binom(a, k[None, :]) + k * math.log(q))
+    return np.log((coef * moments[None, :]).sum(axis=1))
+
+
+def _wor_log_a_int(gamma: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log of the Wang–Balle–Kasiviswanathan 2019 Theorem 9 bound on A_α at integer orders α ≥ 2."""
+    a, k, starts = _segments(alpha, 2)
+    eps2 = 1.0 / (sigma * sigma)
+    gauss = np.where(
+        k == 2.0,
+        np.minimum(math.log(4.0) + _log_expm1(np.array([eps2]))[0], math.log(2.0) + eps2),
+        math.log(2.0) + k * (k - 1.0) / (2.0 * sigma * sigma),
+    )
+    terms = _log_binom(a, k) + k * math.log(gamma) + gauss
+    return np.logaddexp(0.0, _segment_logsumexp(terms, starts))
