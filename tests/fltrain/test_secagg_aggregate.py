@@ -44,7 +44,7 @@ def test_out_of_range_coordinates_warn_and_one_client_is_refused():
 
 
 SMALL = dict(dataset="mnist", train_samples=1200, test_samples=300, clients=3, partition="shards",
-             shards_per_client=2, rounds=2, local_steps=3, batch_size=40, lr=0.1, seed=3, dp="none")
+             shards_per_client=2, rounds=2, local_steps=3, batch_size=40, lr=0.1, seed=3, dp="sample", eps=8.0)
 
 
 def test_a_run_with_secure_aggregation_matches_the_plain_run(data_root, tmp_path):
@@ -52,6 +52,7 @@ def test_a_run_with_secure_aggregation_matches_the_plain_run(data_root, tmp_path
     secure = run(RunConfig(**SMALL, data_dir=str(data_root), out=str(tmp_path / "secure"), secure_agg=True))
     a = torch.load(tmp_path / "plain" / CHECKPOINT, weights_only=True)["server"]["params"]
     b = torch.load(tmp_path / "secure" / CHECKPOINT, weights_only=True)["server"]["params"]
-    # same seed: only the fixed-point rounding (≤ 3 · 2^-25 per round) and float32 casts differ
+    # same seed, same DP noise: only the fixed-point rounding (≤ 3 · 2^-25 per round) and float32 casts differ
     assert float((a - b).abs().max()) < 1e-5
     assert abs(secure.test_accuracy - plain.test_accuracy) <= 2 / 300
+    assert secure.epsilon == plain.epsilon and secure.epsilon is not None
