@@ -16,7 +16,9 @@ import click
 
 from dpcalib.errors import DpcalibError
 
-from .config import ACCOUNTANTS, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, ConfigError, RunConfig, load_toml
+from .config import (
+    ACCOUNTANTS, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, SERVER_OPTIMIZERS, ConfigError, RunConfig, load_toml,
+)
 from .data import DataUnavailableError
 
 __all__ = ["main", "cli"]
@@ -34,17 +36,23 @@ _HELP = {
     "rounds": "federated rounds",
     "server_lr": "server learning rate applied to the aggregated delta",
     "server_momentum": "server momentum (FedAvgM); 0 = plain FedAvg",
+    "server_opt": "server optimiser: sgd (FedAvg / FedAvgM with --server-momentum) or adam (FedAdam, Reddi et al. 2021)",
+    "expected_clients": "--dp client: expected clients per round m; each client joins with Poisson rate m/clients",
     "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn; auto picks by dataset",
     "local_steps": "local (DP-)SGD steps per client per round",
     "batch_size": "expected local batch size B; client k samples records with Poisson rate B/n_k",
     "lr": "local learning rate",
     "momentum": "local SGD momentum",
-    "clip": "per-sample clipping norm C",
+    "clip": "clipping norm C: per sample (--dp sample) or per client update (--dp client; initial C if adaptive)",
     "dp": "privacy: sample (record-level DP-SGD), client (client-level DP-FedAvg), none",
     "eps": "privacy budget epsilon (sigma is calibrated to it; with --sigma, training stops before exceeding it)",
     "delta": "privacy parameter delta",
     "sigma": "noise multiplier; default: calibrated by dpcalib to --eps/--delta over the planned run",
     "accountant": "dpcalib accountant for calibration and the ledger",
+    "adaptive_clip": "--dp client: adapt C to a quantile of the update norms (Andrew et al. 2021), privately",
+    "target_quantile": "--adaptive-clip: target fraction of client updates left unclipped",
+    "clip_lr": "--adaptive-clip: geometric learning rate of C",
+    "count_noise_std": "--adaptive-clip: noise std of the private unclipped count (part of the same budget)",
     "secure_agg": "aggregate the clients' updates with secure aggregation",
     "seed": "seed of the partition, initialisation, sampling and noise",
     "out": "output directory (metrics.jsonl, checkpoint.pt, summary.json)",
@@ -55,7 +63,16 @@ _HELP = {
 }
 _CHOICES = {
     "dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "dp": DP_MODES,
-    "accountant": ACCOUNTANTS, "engine": ENGINES,
+    "accountant": ACCOUNTANTS, "engine": ENGINES, "server_opt": SERVER_OPTIMIZERS,
+}
+
+
+#: how ``--help`` shows the default of the options whose default is "none given"
+_NONE_DEFAULT = {
+    "sigma": "calibrated",
+    "delta": "1e-5; 1/clients^1.1 with --dp client",
+    "expected_clients": "client-fraction x clients",
+    "count_noise_std": "expected clients / 20",
 }
 
 
@@ -67,8 +84,8 @@ def _option(field: dataclasses.Field) -> Any:
                             show_default=True, help=_HELP[name])
     if name in _CHOICES:
         kind: Any = click.Choice(_CHOICES[name])
-    elif name == "sigma":
-        return click.option(flag, name, type=float, default=None, show_default="calibrated", help=_HELP[name])
+    elif field.default is None:
+        return click.option(flag, name, type=float, default=None, show_default=_NONE_DEFAULT[name], help=_HELP[name])
     else:
         kind = type(field.default)
     return click.option(flag, name, type=kind, default=field.default, show_default=True, help=_HELP[name])
@@ -78,6 +95,10 @@ def _with_config_options(function: Any) -> Any:
     for field in reversed(dataclasses.fields(RunConfig)):
         function = _option(field)(function)
     return function
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 class _RoundBar:
@@ -99,10 +120,10 @@ class _RoundBar:
 
     def round_finished(self, metrics: dict[str, Any]) -> None:
         self.bar.__exit__(None, None, None)
-        eps = "-" if metrics["epsilon"] is None else f"{metrics['epsilon']:.3f}"
         click.echo(
-            f"round {metrics['round']}: train_loss {metrics['train_loss']:.4f}  "
-            f"test_accuracy {metrics['test_accuracy']:.4f}  epsilon {eps}  {metrics['seconds']:.1f}s",
+            f"round {metrics['round']}: train_loss {_number(metrics['train_loss'])}  "
+            f"test_accuracy {metrics['test_accuracy']:.4f}  epsilon {_number(metrics['epsilon'], 3)}  "
+            f"{metrics['seconds']:.1f}s",
             err=True,
         )
 
@@ -128,7 +149,7 @@ def run_command(config_file: str | None, resume: bool, **options: Any) -> None:
     for name, value in options.items():
         if name not in values or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
             values[name] = value
-    values = {key: value for key, value in values.items() if not (key == "sigma" and value is None)}
+    values = {key: value for key, value in values.items() if not (key in _NONE_DEFAULT and value is None)}
     cfg = RunConfig.from_dict(values)
     summary = run(cfg, resume=resume, progress=_RoundBar())
     click.echo(json.dumps(dataclasses.asdict(summary), indent=2))

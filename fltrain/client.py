@@ -86,7 +86,8 @@ class LocalTrainer:
         on_step: Callable[[int], None] | None = None,
     ) -> ClientUpdates:
         """Train ``client_ids`` from the flat ``global_params`` (P,); ``on_step(step)`` after each local step."""
-        deltas, losses = [], []
+        # a Poisson-sampled round may have no client (client-level DP): then no delta and no loss
+        deltas, losses = [global_params.new_zeros(0, global_params.numel())], [torch.zeros(0)]
         group = self.plan.parallel_clients
         for start in range(0, len(client_ids), group):
             ids = client_ids[start : start + group]

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 from dpcalib.errors import InvalidArgumentError, check_count, check_open_unit, check_positive, check_rate
 
+from .privacy import default_client_delta
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -31,6 +33,7 @@ __all__ = [
     "DP_MODES",
     "ACCOUNTANTS",
     "ENGINES",
+    "SERVER_OPTIMIZERS",
     "RUNTIME_FIELDS",
     "load_toml",
 ]
@@ -41,6 +44,9 @@ MODELS = ("auto", "tanh-cnn", "mlp", "logreg", "cifar-cnn")
 DP_MODES = ("sample", "client", "none")
 ACCOUNTANTS = ("rdp", "pld")
 ENGINES = ("auto", "layerwise", "vmap")
+SERVER_OPTIMIZERS = ("sgd", "adam")
+#: δ of record-level DP (``dp="sample"``) when none is given; client-level DP defaults to 1/clients^1.1
+SAMPLE_DELTA = 1e-5
 
 #: fields that do not change what a run computes; a ``--resume`` may change them
 RUNTIME_FIELDS = frozenset({"data_dir", "out", "threads"})
@@ -75,6 +81,12 @@ class RunConfig:
     local_steps`` steps (see :mod:`fltrain.privacy`).  ``sigma=None`` calibrates the noise multiplier to
     ``(eps, delta)``; an explicit ``sigma`` trains with it, reports the ε reached and stops before exceeding
     ``eps``.
+
+    Privacy (``dp="client"``): client-level DP-FedAvg (McMahan et al. 2018, see :mod:`fltrain.clientdp`): clients
+    are Poisson-sampled with rate ``expected_clients / clients``, train without noise, and the server clips each
+    update to ``clip``, adds noise and divides by ``expected_clients``; ``adaptive_clip`` moves ``clip`` toward
+    the ``target_quantile`` of update norms (Andrew et al. 2021).  ``delta=None`` means 1e-5 for ``dp="sample"``
+    and ``1/clients^1.1`` for ``dp="client"``.
     """
 
     # data
@@ -91,6 +103,8 @@ class RunConfig:
     rounds: int = 10
     server_lr: float = 1.0
     server_momentum: float = 0.0
+    server_opt: str = "sgd"
+    expected_clients: float | None = None
     # local training
     model: str = "auto"
     local_steps: int = 100
@@ -101,9 +115,13 @@ class RunConfig:
     # privacy
     dp: str = "sample"
     eps: float = 4.0
-    delta: float = 1e-5
+    delta: float | None = None
     sigma: float | None = None
     accountant: str = "rdp"
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    count_noise_std: float | None = None
     secure_agg: bool = False
     # execution
     seed: int = 0
@@ -137,7 +155,8 @@ class RunConfig:
             raise InvalidArgumentError("momentum", self.momentum, "in [0, 1)")
         check_positive("clip", self.clip)
         check_positive("eps", self.eps)
-        check_open_unit("delta", self.delta)
+        if self.delta is not None:
+            check_open_unit("delta", self.delta)
         if self.sigma is not None:
             check_positive("sigma", self.sigma)
         check_count("seed", self.seed, minimum=0)
@@ -150,8 +169,23 @@ class RunConfig:
             raise ConfigError("model 'tanh-cnn' takes 1x28x28 images; use --model cifar-cnn (or auto) for cifar10")
         if self.dataset != "cifar10" and self.model == "cifar-cnn":
             raise ConfigError(f"model 'cifar-cnn' takes 3x32x32 images; dataset {self.dataset!r} has 1x28x28")
+        _choice("server_opt", self.server_opt, SERVER_OPTIMIZERS)
+        if self.expected_clients is not None:
+            check_positive("expected_clients", self.expected_clients)
+            if self.expected_clients > self.clients:
+                raise InvalidArgumentError("expected_clients", self.expected_clients, f"in (0, clients={self.clients}]")
+        if not isinstance(self.adaptive_clip, bool):
+            raise InvalidArgumentError("adaptive_clip", self.adaptive_clip, "true or false")
+        check_open_unit("target_quantile", self.target_quantile)
+        check_positive("clip_lr", self.clip_lr)
+        if self.count_noise_std is not None:
+            check_positive("count_noise_std", self.count_noise_std)
         if self.dp == "client":
-            raise ConfigError("dp='client' (client-level DP-FedAvg) is not implemented yet; use --dp sample or none")
+            check_count("clients", self.clients, minimum=2)
+            if self.secure_agg:
+                raise ConfigError("dp='client' clips and noises at the server; it does not combine with secure_agg")
+        elif self.adaptive_clip or self.count_noise_std is not None or self.expected_clients is not None:
+            raise ConfigError("expected_clients, adaptive_clip and count_noise_std apply to dp='client' only")
 
     @property
     def resolved_model(self) -> str:
@@ -159,6 +193,18 @@ class RunConfig:
         if self.model != "auto":
             return self.model
         return "cifar-cnn" if self.dataset == "cifar10" else "tanh-cnn"
+
+    @property
+    def resolved_delta(self) -> float:
+        """δ: the given one, else 1e-5 for record-level DP and ``1/clients^1.1`` for client-level DP."""
+        if self.delta is not None:
+            return self.delta
+        return default_client_delta(self.clients) if self.dp == "client" else SAMPLE_DELTA
+
+    @property
+    def clients_per_round(self) -> float:
+        """Expected clients per round: ``expected_clients``, else ``client_fraction × clients``."""
+        return self.expected_clients if self.expected_clients is not None else self.client_fraction * self.clients
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain (JSON / TOML friendly) dict."""

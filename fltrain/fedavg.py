@@ -10,8 +10,8 @@ touching the loop:
    ``n_k / Σ n_j`` over the sampled clients, summing to 1; client-level DP clips and noises the deltas, secure
    aggregation computes the sum under masks).
 
-The server then applies ``update`` with server learning rate η and optional server momentum β (FedAvgM, Hsu et
-al. 2019): ``v ← β v + update``, ``θ ← θ + η v``.
+The server then applies ``update`` with its optimiser (:mod:`fltrain.serveropt`): FedAvg/FedAvgM, ``v ← β v +
+update``, ``θ ← θ + η v`` (Hsu et al. 2019), or FedAdam (Reddi et al. 2021).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from .client import ClientUpdates, LocalTrainer
+from .serveropt import ServerOptimizer, ServerSGD
 
 __all__ = [
     "ClientSampler", "FractionSampler", "Aggregator", "fedavg_weights", "WeightedMean", "RoundResult", "FedAvgServer",
@@ -76,10 +77,11 @@ class WeightedMean:
 
 @dataclass
 class RoundResult:
-    """What one round did: the clients that trained and their sample-weighted mean training loss."""
+    """What one round did: the clients that trained and their sample-weighted mean training loss (``None`` when a
+    Poisson-sampled round had no client)."""
 
     client_ids: torch.Tensor
-    train_loss: float
+    train_loss: float | None
 
 
 class FedAvgServer:
@@ -92,16 +94,13 @@ class FedAvgServer:
         *,
         sampler: ClientSampler,
         aggregator: Aggregator,
-        server_lr: float = 1.0,
-        server_momentum: float = 0.0,
+        optimizer: ServerOptimizer | None = None,
     ) -> None:
         self.params = params.clone()
         self.trainer = trainer
         self.sampler = sampler
         self.aggregator = aggregator
-        self.server_lr = server_lr
-        self.server_momentum = server_momentum
-        self.velocity = torch.zeros_like(self.params)
+        self.optimizer = optimizer if optimizer is not None else ServerSGD()
 
     @property
     def num_clients(self) -> int:
@@ -112,16 +111,15 @@ class FedAvgServer:
         ids = self.sampler.sample(self.num_clients, generator)
         updates = self.trainer.train(self.params, ids, generator, on_step)
         update = self.aggregator.aggregate(updates, generator)
-        self.velocity.mul_(self.server_momentum).add_(update)
-        self.params.add_(self.velocity, alpha=self.server_lr)
+        self.optimizer.step(self.params, update)
         weights = updates.num_samples.to(torch.float64)
-        loss = float((weights * updates.train_loss.to(torch.float64)).sum() / weights.sum())
+        loss = float((weights * updates.train_loss.to(torch.float64)).sum() / weights.sum()) if len(ids) else None
         return RoundResult(ids, loss)
 
     def state_dict(self) -> dict[str, Any]:
-        """The server's state for a checkpoint: global parameters and optimiser buffer."""
-        return {"params": self.params.clone(), "velocity": self.velocity.clone()}
+        """The server's state for a checkpoint: global parameters and optimiser state."""
+        return {"params": self.params.clone(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.params.copy_(state["params"])
-        self.velocity.copy_(state["velocity"])
+        self.optimizer.load_state_dict(state["optimizer"])

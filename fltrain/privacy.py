@@ -19,14 +19,17 @@ treats the dataset size as public (Abadi et al. 2016).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import dpcalib
-from dpcalib.errors import UnreachableTargetError
+from dpcalib.errors import UnreachableTargetError, check_count, check_open_unit
 from dpcalib.events import Event, Gaussian, PoissonSampled, dpsgd_event
 
-__all__ = ["PrivacyPlan", "make_plan", "PrivacyLedger"]
+__all__ = [
+    "PrivacyPlan", "make_plan", "PrivacyLedger", "ClientDeltaWarning", "default_client_delta", "resolve_client_delta",
+]
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,32 @@ class PrivacyLedger:
     @classmethod
     def from_state_dict(cls, plan: PrivacyPlan, state: Mapping[str, Any]) -> "PrivacyLedger":
         return cls(plan, dpcalib.accountant_from_state_dict(state["accountant"]), int(state["rounds"]))
+
+
+# δ of client-level DP (fltrain.clientdp): here, torch-free, so that the config can resolve its default.
+
+
+class ClientDeltaWarning(UserWarning):
+    """δ is at least 1/(number of clients): the guarantee allows one client's data to be exposed outright."""
+
+
+def default_client_delta(num_clients: int) -> float:
+    """The default δ for ``num_clients`` clients: ``1/N^1.1``, strictly below ``1/N``."""
+    n = check_count("num_clients", num_clients, minimum=2)
+    return float(n) ** -1.1
+
+
+def resolve_client_delta(delta: float | None, num_clients: int) -> float:
+    """The user's δ (validated to lie in (0, 1)) or :func:`default_client_delta`; warns when δ ≥ 1/N."""
+    n = check_count("num_clients", num_clients, minimum=2)
+    if delta is None:
+        return default_client_delta(n)
+    d = check_open_unit("delta", delta)
+    if d >= 1.0 / n:
+        warnings.warn(
+            f"delta={d:g} >= 1/clients = {1.0 / n:g}: a mechanism that publishes one client's data in the clear "
+            f"satisfies this guarantee; use delta < 1/clients (default 1/clients^1.1 = {default_client_delta(n):.3g})",
+            ClientDeltaWarning,
+            stacklevel=2,
+        )
+    return d

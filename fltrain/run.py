@@ -4,9 +4,11 @@ Files in the output directory:
 
 - ``metrics.jsonl``: one JSON object per round: ``round``, ``train_loss``, ``test_accuracy`` (a fraction),
   ``epsilon`` (spent so far; ``null`` without DP), ``delta``, ``sigma``, ``seconds`` (this round), ``elapsed``,
-  ``clients`` (how many trained);
+  ``clients`` (how many trained); with ``dp="client"`` also ``clip`` (the clip norm of the round), ``noise_std``
+  and, with adaptive clipping, ``noisy_fraction_unclipped`` (all DP releases; ``clients`` and ``train_loss`` are
+  server-side diagnostics, not differentially private);
 - ``checkpoint.pt``: written atomically (temporary file + ``os.replace``) after every round: the config, the
-  global parameters and server optimiser, the RNG state, the privacy ledger;
+  global parameters and server optimiser, the RNG state, the privacy ledger, the clipping state of client-level DP;
 - ``summary.json``: written at the end.
 
 Everything that can be refused (config, data, partition, calibration, an existing or mismatched run) is checked
@@ -27,13 +29,15 @@ from dpcalib.errors import InvalidArgumentError
 from torch.func import functional_call
 
 from .client import LocalTrainer, LocalTraining, sampling_rates
+from .clientdp import ClientDPAggregator, PoissonClientSampler, plan_client_dp
 from .config import ConfigError, RunConfig
 from .data import load_dataset, partition
 from .dpsgd import make_engine
-from .fedavg import Aggregator, FedAvgServer, FractionSampler, WeightedMean
+from .fedavg import Aggregator, ClientSampler, FedAvgServer, FractionSampler, WeightedMean
 from .models import ParamLayout, build_model
 from .privacy import PrivacyLedger, make_plan
 from .secagg.aggregate import SecureWeightedMean
+from .serveropt import make_server_optimizer
 
 __all__ = ["Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "SUMMARY"]
 
@@ -140,8 +144,14 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     progress = progress or Progress()
     out = Path(cfg.out)
     state = _check_out_dir(cfg, out, resume)
-    sampler = FractionSampler(cfg.client_fraction)
-    aggregator = _aggregator(cfg, sampler.count(cfg.clients))
+    sampler: ClientSampler = FractionSampler(cfg.client_fraction)
+    aggregator: Aggregator = _aggregator(cfg, sampler.count(cfg.clients))
+    optimizer = make_server_optimizer(cfg.server_opt, lr=cfg.server_lr, momentum=cfg.server_momentum)
+    client_plan = None if cfg.dp != "client" else plan_client_dp(
+        num_clients=cfg.clients, expected_clients=cfg.clients_per_round, rounds=cfg.rounds, eps=cfg.eps,
+        delta=cfg.resolved_delta, sigma=cfg.sigma, adaptive=cfg.adaptive_clip, count_noise_std=cfg.count_noise_std,
+        accountant=cfg.accountant,
+    )
     torch.set_num_threads(cfg.threads)
 
     data = load_dataset(cfg.dataset, cfg.data_dir, train_samples=cfg.train_samples, test_samples=cfg.test_samples)
@@ -161,19 +171,25 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
             raise InvalidArgumentError("batch_size", cfg.batch_size, f"at most {smallest} (the smallest client's "
                                        "record count), so that every Poisson rate q = batch_size/n_k is <= 1")
         q = float(sampling_rates(sizes, cfg.batch_size).max())
-        plan = make_plan(eps=cfg.eps, delta=cfg.delta, q=q, steps_per_round=cfg.local_steps, rounds=cfg.rounds,
+        plan = make_plan(eps=cfg.eps, delta=cfg.resolved_delta, q=q, steps_per_round=cfg.local_steps, rounds=cfg.rounds,
                          accountant=cfg.accountant, sigma=cfg.sigma)
         sigma = plan.sigma
         ledger = PrivacyLedger(plan)
+    elif client_plan is not None:  # clients train without noise; the server clips, noises and accounts per round
+        sigma = client_plan.privacy.sigma
+        ledger = PrivacyLedger(client_plan.privacy)
+        sampler = PoissonClientSampler(client_plan.privacy.q)
+        aggregator = ClientDPAggregator.from_plan(client_plan, dim=layout.size, clip=cfg.clip,
+                                                  target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)
+    sample_dp = cfg.dp == "sample"
     local = LocalTraining(
         local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-        clip=cfg.clip if ledger else None, noise_multiplier=sigma, parallel_clients=cfg.parallel_clients,
-        max_physical_batch=cfg.max_physical_batch,
+        clip=cfg.clip if sample_dp else None, noise_multiplier=sigma if sample_dp else 0.0,
+        parallel_clients=cfg.parallel_clients, max_physical_batch=cfg.max_physical_batch,
     )
     trainer = LocalTrainer(layout, make_engine(model, cfg.engine), data.x_train, data.y_train, members, local)
     initial = layout.flatten(dict(model.named_parameters())).detach()
-    server = FedAvgServer(initial, trainer, sampler=sampler, aggregator=aggregator, server_lr=cfg.server_lr,
-                          server_momentum=cfg.server_momentum)
+    server = FedAvgServer(initial, trainer, sampler=sampler, aggregator=aggregator, optimizer=optimizer)
     generator = torch.Generator().manual_seed(cfg.seed)
 
     start_round, elapsed = 0, 0.0
@@ -183,6 +199,8 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         generator.set_state(state["generator"])
         if ledger is not None:
             ledger = PrivacyLedger.from_state_dict(ledger.plan, state["ledger"])
+        if isinstance(aggregator, ClientDPAggregator):
+            aggregator.load_state_dict(state["aggregator"])
         _rewrite_metrics(out / METRICS, start_round)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -202,14 +220,17 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         elapsed += seconds
         metrics = {
             "round": round_index, "train_loss": result.train_loss, "test_accuracy": accuracy,
-            "epsilon": epsilon, "delta": cfg.delta if ledger is not None else None, "sigma": sigma,
+            "epsilon": epsilon, "delta": ledger.plan.delta if ledger is not None else None, "sigma": sigma,
             "seconds": round(seconds, 3), "elapsed": round(elapsed, 3), "clients": len(result.client_ids),
         }
+        if isinstance(aggregator, ClientDPAggregator):
+            metrics.update(aggregator.last_release)
         with open(out / METRICS, "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
         _save_checkpoint(out / CHECKPOINT, {
             "config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "server": server.state_dict(),
             "generator": generator.get_state(), "ledger": ledger.state_dict() if ledger is not None else None,
+            "aggregator": aggregator.state_dict() if isinstance(aggregator, ClientDPAggregator) else None,
         })
         completed = round_index
         progress.round_finished(metrics)
@@ -218,7 +239,8 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
     summary = RunSummary(
         rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy,
-        epsilon=ledger.epsilon() if ledger is not None else None, delta=cfg.delta if ledger is not None else None,
+        epsilon=ledger.epsilon() if ledger is not None else None,
+        delta=ledger.plan.delta if ledger is not None else None,
         sigma=sigma, seconds=round(elapsed, 3), stopped_by_budget=stopped, out=str(out),
     )
     (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")

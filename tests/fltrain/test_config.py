@@ -13,7 +13,8 @@ from fltrain.config import ConfigError, RunConfig, load_toml
     [("clip", -1.0), ("clip", 0.0), ("eps", 0.0), ("delta", 1.0), ("delta", 0.0), ("client_fraction", 1.5),
      ("clients", 0), ("rounds", 0), ("local_steps", 0), ("batch_size", 0), ("dataset", "imagenet"),
      ("partition", "by-writer"), ("momentum", 1.0), ("lr", float("nan")), ("sigma", -0.5), ("dp", "user"),
-     ("accountant", "moments")],
+     ("accountant", "moments"), ("server_opt", "rmsprop"), ("expected_clients", 20.0), ("target_quantile", 1.0),
+     ("clip_lr", 0.0), ("count_noise_std", -1.0)],
 )
 def test_bad_values_name_the_argument(field, value):
     with pytest.raises(InvalidArgumentError) as info:
@@ -22,10 +23,19 @@ def test_bad_values_name_the_argument(field, value):
 
 
 def test_unimplemented_modes_are_refused_clearly():
-    with pytest.raises(ConfigError, match="client-level"):
-        RunConfig(dp="client")
+    with pytest.raises(ConfigError, match="secure_agg"):
+        RunConfig(dp="client", secure_agg=True)
+    with pytest.raises(ConfigError, match="dp='client' only"):
+        RunConfig(dp="sample", adaptive_clip=True)
     with pytest.raises(ConfigError, match="cifar-cnn"):
         RunConfig(dataset="cifar10", model="tanh-cnn")
+
+
+def test_delta_default_depends_on_the_privacy_unit():
+    assert RunConfig(dp="sample").resolved_delta == 1e-5
+    assert RunConfig(dp="client", clients=1000).resolved_delta == pytest.approx(1000**-1.1)
+    assert RunConfig(dp="client", clients=1000, delta=1e-6).resolved_delta == 1e-6
+    assert RunConfig(dp="client", clients=1000, client_fraction=0.1).clients_per_round == pytest.approx(100)
 
 
 def test_model_auto_resolves_by_dataset():
