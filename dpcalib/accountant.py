@@ -270,6 +270,8 @@ def _check_name(name: Any) -> type[Accountant]:
 def make_accountant(name: str, **options: Any) -> Accountant:
     """A fresh accountant of the registered kind ``name`` (see :data:`ACCOUNTANTS`) built with ``options``."""
     cls = _check_name(name)
+    if not options:
+        return cls()
     parameters = inspect.signature(cls.__init__).parameters
     for key in options:
         if key not in parameters or key == "self":
