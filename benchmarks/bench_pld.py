@@ -5,7 +5,7 @@
 Measures (best of several repeats, one thread):
 1. ε at (q = 0.01, σ = 1, 1000 steps, δ = 1e-5);
 2. the mission's calibration: smallest σ with ε ≤ 2 at δ = 1e-5, q = 0.01, 1000 steps;
-3. peak memory of one ε evaluation at 10⁶ steps (tracemalloc; the process's max RSS is printed too).
+0. peak memory of one ε evaluation at 10⁶ steps, in a fresh interpreter (tracemalloc peak and peak RSS).
 
 Peers run at comparable accuracy: dp_accounting's PLDAccountant with the same grid interval Δ = 1e-3 (it uses the
 same connect-the-dots discretisation, so its ε agrees with ours to 1e-9) and, for reference, at its default
@@ -16,10 +16,9 @@ Peers are benchmark-only dependencies (the ``bench`` extra).
 from __future__ import annotations
 
 import os
-import resource
+import subprocess
 import sys
 import time
-import tracemalloc
 import warnings
 from typing import Callable
 
@@ -101,22 +100,46 @@ def opacus_prv_calibration() -> float:
                                 accountant="prv")
 
 
-def peak_memory_million_steps() -> tuple[float, float, float]:
-    """(ε, tracemalloc peak in MB, seconds) of one PLD ε evaluation at 10⁶ steps."""
-    import dpcalib
+MEMORY_PROBE = """
+import resource, time, tracemalloc
 
-    tracemalloc.start()
-    start = time.perf_counter()
-    eps = dpcalib.epsilon(sigma=SIGMA, q=Q, steps=1_000_000, delta=DELTA, accountant="pld")
-    seconds = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return eps, peak, seconds
+
+def high_water_mb():
+    # VmHWM: this process's peak resident set (ru_maxrss can carry the parent's peak over fork + exec)
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+import dpcalib
+
+base = high_water_mb()
+tracemalloc.start()
+start = time.perf_counter()
+eps = dpcalib.epsilon(sigma=1.0, q=0.01, steps=1_000_000, delta=1e-5, accountant="pld")
+seconds = time.perf_counter() - start
+peak = tracemalloc.get_traced_memory()[1] / 2**20
+print(eps, peak, base, high_water_mb(), seconds)
+"""
+
+
+def peak_memory_million_steps() -> tuple[float, float, float, float, float]:
+    """(ε, tracemalloc peak MB, max RSS MB after imports, max RSS MB at the end, seconds) of one PLD ε evaluation
+    at 10⁶ steps, in a fresh interpreter so that the peers' memory does not count."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE], check=True, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    eps, peak, base, rss, seconds = (float(v) for v in out.stdout.split())
+    return eps, peak, base, rss, seconds
 
 
 def main() -> int:
     warnings.filterwarnings("ignore")
     print(f"load average at start: {os.getloadavg()}")
+    eps, peak, base, rss, seconds = peak_memory_million_steps()  # first, in a fresh interpreter
+    print(f"\n0. 10^6 steps (fresh process, includes scipy imports): eps={eps:.4f} in {seconds:.3f} s; "
+          f"peak traced allocation {peak:.1f} MB; peak RSS {rss:.0f} MB ({base:.0f} MB after importing dpcalib)")
     print(f"\n1. epsilon at q={Q}, sigma={SIGMA}, steps={STEPS}, delta={DELTA}")
     rows = [("dpcalib pld (default grid)", ours_epsilon)]
     rows += [(f"dp_accounting PLD (interval {iv:g})", dp_accounting_epsilon(iv)) for iv in (1e-3, 1e-4)]
@@ -139,10 +162,6 @@ def main() -> int:
     fastest_peer = min(t for name, (t, _) in results.items() if not name.startswith("dpcalib"))
     print(f"  speed-up over the fastest peer: {fastest_peer / ours_t:.1f}x")
 
-    eps, peak, seconds = peak_memory_million_steps()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n3. 10^6 steps: eps={eps:.4f} in {seconds:.3f} s, peak traced memory {peak:.1f} MB "
-          f"(process max RSS so far {rss:.0f} MB)")
     print(f"\nload average at end: {os.getloadavg()}")
     return 0
 

@@ -313,3 +313,48 @@ def test_other_calibrations_meet_their_targets() -> None:
     assert dpcalib.epsilon(sigma=1.0, q=0.01, steps=steps + 1, delta=1e-5, accountant="pld") > 1.0
     q = dpcalib.calibrate_q(eps=1.0, delta=1e-5, sigma=1.0, steps=500, accountant="pld")
     assert dpcalib.epsilon(sigma=1.0, q=q, steps=500, delta=1e-5, accountant="pld") <= 1.0
+
+
+# --- the CLI with --accountant pld --------------------------------------------------------------------------
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from dpcalib.cli import run
+
+    status = run(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+PLAN = ["--q", "0.01", "--steps", "1000"]
+
+
+def test_every_command_accepts_the_pld_accountant(capsys) -> None:
+    status, out, _ = cli(capsys, "sigma", "--eps", "2", "--delta", "1e-5", *PLAN, "--accountant", "pld", "--json")
+    assert status == 0 and json.loads(out)["sigma"] == dpcalib.calibrate_sigma(
+        eps=2.0, delta=1e-5, q=0.01, steps=1000, accountant="pld")
+    status, out, _ = cli(capsys, "epsilon", "--sigma", "1", "--delta", "1e-5", *PLAN, "--accountant", "pld", "--json")
+    eps = json.loads(out)["eps"]
+    assert status == 0 and eps == dpcalib.epsilon(sigma=1.0, q=0.01, steps=1000, delta=1e-5, accountant="pld")
+    status, out, _ = cli(capsys, "delta", "--sigma", "1", "--eps", str(eps), *PLAN, "--accountant", "pld", "--json")
+    assert status == 0 and json.loads(out)["delta"] <= 1e-5 * (1 + 1e-9)
+    status, out, _ = cli(capsys, "steps", "--eps", "2", "--delta", "1e-5", "--sigma", "1", "--q", "0.01",
+                         "--accountant", "pld", "--json")
+    assert status == 0 and json.loads(out)["steps"] == dpcalib.calibrate_steps(
+        eps=2.0, delta=1e-5, sigma=1.0, q=0.01, accountant="pld")
+
+
+def test_compare_and_curve_show_what_pld_buys(capsys) -> None:
+    status, out, _ = cli(capsys, "compare", "--eps", "2", "--delta", "1e-5", *PLAN, "--json")
+    rows = {row["accountant"]: row for row in json.loads(out)["accountants"]}
+    assert status == 0 and rows["pld"]["sigma"] < 0.95 * rows["rdp"]["sigma"]
+    assert rows["pld"]["eps_at_reference_sigma"] < 0.9 * 2.0
+    status, out, _ = cli(capsys, "curve", "--sigma", "1", "--q", "0.01", "--steps", "1000", "--points", "4", "--csv")
+    header, *lines = out.strip().splitlines()
+    rdp_col, pld_col = header.split(",").index("eps_rdp"), header.split(",").index("eps_pld")
+    assert status == 0 and all(float(r.split(",")[pld_col]) < float(r.split(",")[rdp_col]) for r in lines)
+
+
+def test_cli_bad_input_under_pld_is_one_line_and_exit_2(capsys) -> None:
+    status, out, err = cli(capsys, "sigma", "--eps", "2", "--delta", "1.5", *PLAN, "--accountant", "pld")
+    assert status == 2 and out == "" and err.count("\n") == 1 and "delta" in err
