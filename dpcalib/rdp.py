@@ -16,6 +16,7 @@ tiny curves (q = 1e-8, σ = 1e5: A_α - 1 ≈ 1e-26) keep full relative precisio
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -267,7 +268,9 @@ def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], N
         return np.log(np.abs(b)), np.sign(b)
 
 
+@functools.lru_cache(maxsize=1)
 def _hermite() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Gauss–Hermite nodes and weights for E over N(0, 1) (a constant rule, built once on first use)."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(_HERMITE_NODES)
     return nodes, weights / math.sqrt(2.0 * math.pi)
 
