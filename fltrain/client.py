@@ -84,14 +84,17 @@ class LocalTrainer:
         client_ids: torch.Tensor,
         generator: torch.Generator,
         on_step: Callable[[int], None] | None = None,
+        lr: float | None = None,
     ) -> ClientUpdates:
-        """Train ``client_ids`` from the flat ``global_params`` (P,); ``on_step(step)`` after each local step."""
+        """Train ``client_ids`` from the flat ``global_params`` (P,) with local learning rate ``lr`` (default: the
+        plan's); ``on_step(step)`` after each local step of the first group."""
         # a Poisson-sampled round may have no client (client-level DP): then no delta and no loss
         deltas, losses = [global_params.new_zeros(0, global_params.numel())], [torch.zeros(0)]
         group = self.plan.parallel_clients
+        lr = self.plan.lr if lr is None else lr
         for start in range(0, len(client_ids), group):
             ids = client_ids[start : start + group]
-            delta, loss = self._train_group(global_params, ids, generator, on_step if start == 0 else None)
+            delta, loss = self._train_group(global_params, ids, generator, lr, on_step if start == 0 else None)
             deltas.append(delta)
             losses.append(loss)
         return ClientUpdates(client_ids, torch.cat(deltas), self.sizes[client_ids], torch.cat(losses))
@@ -101,6 +104,7 @@ class LocalTrainer:
         global_params: torch.Tensor,
         ids: torch.Tensor,
         generator: torch.Generator,
+        lr: float,
         on_step: Callable[[int], None] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         plan = self.plan
@@ -132,7 +136,7 @@ class LocalTrainer:
             )
             for name, g in grads.items():
                 velocity_parts[name].mul_(plan.momentum).add_(g)
-            flat.add_(velocity, alpha=-plan.lr)
+            flat.add_(velocity, alpha=-lr)
             loss_sum += loss
             count_sum += counts
             if on_step is not None:

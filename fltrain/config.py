@@ -110,6 +110,7 @@ class RunConfig:
     local_steps: int = 100
     batch_size: int = 150
     lr: float = 0.15
+    lr_decay: float = 1.0
     momentum: float = 0.9
     clip: float = 0.1
     # privacy
@@ -151,6 +152,8 @@ class RunConfig:
         check_count("local_steps", self.local_steps)
         check_count("batch_size", self.batch_size)
         check_positive("lr", self.lr)
+        if not 0.0 < _non_negative("lr_decay", self.lr_decay) <= 1.0:
+            raise InvalidArgumentError("lr_decay", self.lr_decay, "in (0, 1]")
         if not 0.0 <= _non_negative("momentum", self.momentum) < 1.0:
             raise InvalidArgumentError("momentum", self.momentum, "in [0, 1)")
         check_positive("clip", self.clip)

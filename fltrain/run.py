@@ -213,7 +213,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
             break
         began = time.perf_counter()
         progress.round_started(round_index, cfg.rounds, cfg.local_steps)
-        result = server.run_round(generator, progress.step)
+        result = server.run_round(generator, progress.step, local_lr=cfg.lr * cfg.lr_decay ** (round_index - 1))
         epsilon = ledger.charge_round() if ledger is not None else None
         accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
         seconds = time.perf_counter() - began
