@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: dp_accounting 0.6.0's default grid (1.1 … 10.9 by 0.1, 11 … 63, 128 … 1024) extended by 2048 … 8192.
-#: :func:`dpcalib.conversion.optimise_order` refines around the best of these, so the reported ε is never
+#: :func:`dpcalib.conversion.optimise_epsilon` refines around the best of these, so the reported ε is never
 #: larger than dp_accounting's (or Opacus') default grid would give for the same curve.
 DEFAULT_ORDERS: NDArray[np.float64] = np.array(
     [1.0 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024, 2048, 4096, 8192],
@@ -42,7 +42,7 @@ DEFAULT_ORDERS: NDArray[np.float64] = np.array(
 )
 DEFAULT_ORDERS.setflags(write=False)
 
-#: The smallest order the refinement explores below the grid (the improved conversion is unstable closer to 1).
+#: The smallest order the refinement explores below the grid (as in dp_accounting, orders closer to 1 are not used).
 MIN_ORDER = 1.01
 
 # Fractional orders (Mironov–Talwar–Zhang series): terms summed beyond ceil(α) + 1, and the number of
