@@ -15,6 +15,7 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable, Sequence
 
 import click
@@ -71,7 +72,8 @@ def make_plan(
                 raise InvalidArgumentError("epochs", epochs, "omitted here (this command finds the number of steps)")
             return Plan(q=b / n, steps=0, dataset_size=n, batch_size=b)
         e = check_positive("epochs", epochs)
-        steps_needed = math.ceil(e * n / b - 1e-9)  # E·N/B steps, rounded up so the accounting never undercounts
+        # E·N/B steps, in exact arithmetic on the decimal the user wrote, rounded up: never undercounting
+        steps_needed = math.ceil(Fraction(repr(e)) * n / b)
         return Plan(q=b / n, steps=max(steps_needed, 1), epochs=e, dataset_size=n, batch_size=b)
     if q is None or (need_steps and steps is None):
         missing = "--q" if q is None else "--steps"

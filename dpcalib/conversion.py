@@ -14,10 +14,11 @@ Bounds, per order α > 1 with RDP value r = ε_RDP(α) of the whole composition:
   log δ = (α - 1)(r - ε).
 
 :func:`optimise_epsilon` / :func:`optimise_delta` minimise over orders. They use that the RDP of any mechanism
-is non-decreasing in α (van Erven & Harremoës 2014) and that both bounds are increasing in r, so an order whose
-bound, evaluated with the RDP of a smaller order, is already no better than the best so far can be skipped
-without changing the minimum over the grid. Around the best grid order the search zooms in (a finer local
-grid), so the reported ε is never larger than the grid's and often a little smaller.
+is non-decreasing in α (van Erven & Harremoës 2014), that K(α) = (α - 1)·RDP(α) is convex (a cumulant generating
+function), and that both bounds are increasing in r: an order whose bound, evaluated at a lower bound of its
+RDP derived from orders already evaluated, is no better than the best so far is skipped without changing the
+minimum over the grid. Around the best grid order the search zooms in (a finer local grid), so the reported ε
+is never larger than the grid's and often a little smaller.
 """
 
 from __future__ import annotations

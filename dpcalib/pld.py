@@ -34,15 +34,18 @@ Discretisation. Losses live on the grid ℓ_k = kΔ (Δ = ``value_discretization
 Composition. All phases are placed, modulo N, on one cyclic grid of N = ``next_fast_len`` points covering the
 window where the composed distribution can carry mass above ``tail_mass``; the T-fold self-composition is one
 FFT power per phase (``rfft(p)**T``), i.e. O(N log N) whatever T. The window is chosen with Chernoff bounds
-P(ΣL ≥ a) ≤ e^{−λa} ∏ E[e^{λL_i}]^{T_i}, evaluated on a coarsened copy of each PMF (rounded up for the upper
-tail, down for the lower one, so the bound stays valid). Mass that wraps around the cyclic grid only adds
+P(ΣL ≥ a) ≤ e^{−λa} ∏ E[e^{λL_i}]^{T_i} (and the mirror bound below), evaluated exactly on the discrete PMFs
+over a ladder of λ. Mass that wraps around the cyclic grid only adds
 non-negative mass to the window, so the bound U + D on the mass outside it is added to δ (pessimistic) or
 subtracted from it (optimistic): aliasing never makes the upper bound optimistic.
 
-Round-off. The true composed values are ≥ 0, so the most negative value the inverse FFT returns measures its
-per-bin round-off (which ``rfft(p)**T`` amplifies about T-fold); every bin is raised by that amount (lowered
-for the optimistic bound). This keeps tiny δ (1e-10 and below, many steps) on the safe side; when the
-allowance swamps δ the answer is ``inf`` and the accountant falls back on RDP.
+Round-off. The FFT's error on each Fourier coefficient, about ε_mach·log₂N, grows T-fold in the power, so the
+inverse transform can be off by about T·ε_mach·log₂N times the largest bin anywhere, the tails included (the most
+negative output, as true values are ≥ 0, is a floor for it). Every bin is raised by that allowance (lowered for
+the optimistic bound). Where the allowance would weigh more than 0.1 % of the δ asked about (δ ≲ 1e-10, or 10⁶
+steps), the composition is redone with an exponential tilt p_ℓ ↦ p_ℓ e^{θℓ}/E[e^{θL}] that centres the tilted
+distribution on the tail in question, so those bins keep full relative precision, and tilted back; the smaller
+of the two upper bounds is reported.
 
 Queries. ``delta(eps)`` evaluates the hockey-stick divergence of the discrete PLD exactly; ``epsilon(delta)``
 finds the grid cell holding the answer and solves δ(ε) = target inside it in closed form (δ is linear in e^ε
@@ -85,6 +88,7 @@ MIN_DEFAULT_INTERVAL = 1e-5
 
 _DIRECTIONS = ("remove", "add")
 _EPS_ROUND_UP = 1e-12  # relative round-up of a reported ε
+_ROUNDOFF_SHARE = 1e-3  # a query is recomposed with a tilt when the round-off allowance exceeds this share of δ
 _SPLIT_SLACK = 64 * np.finfo(float).eps  # extra P-mass moved up per interval, covering round-off in the split
 
 
@@ -108,7 +112,8 @@ class DiscretePld:
 
     ``infinity_mass`` is the P-mass at loss +∞ (pessimistic PLDs only) and ``slack`` a bound on the mass that
     truncation moved or dropped; ``pessimistic`` says whether queries return upper bounds (``slack`` added) or
-    lower bounds (``slack`` subtracted).
+    lower bounds (``slack`` subtracted). ``roundoff`` is the per-bin FFT round-off allowance already included in
+    ``pmf`` (0 for a single step, and for a tilted composition, whose allowance varies per bin).
     """
 
     interval: float
@@ -117,6 +122,11 @@ class DiscretePld:
     infinity_mass: float
     slack: float
     pessimistic: bool
+    roundoff: float = 0.0
+
+    def roundoff_above(self, eps: float) -> float:
+        """The round-off allowance that :func:`compose` spread uniformly over the bins above ``eps``."""
+        return self.roundoff * max(0, self.pmf.size - max(0, math.floor(eps / self.interval) - self.offset + 1))
 
     def losses(self, start: int = 0) -> np.ndarray:
         """The loss values of ``pmf[start:]``."""
@@ -308,13 +318,23 @@ class _GridTooLarge(Exception):
         self.factor = factor
 
 
-def compose(steps: Sequence[tuple[DiscretePld, int]], *, tail_mass: float = DEFAULT_TAIL_MASS) -> DiscretePld:
+def compose(
+    steps: Sequence[tuple[DiscretePld, int]],
+    *,
+    tail_mass: float = DEFAULT_TAIL_MASS,
+    resolve: float | None = None,
+) -> DiscretePld:
     """The composition of ``count`` runs of each single-step PLD, by one FFT power per phase.
 
     All PLDs must share one grid interval and one kind (pessimistic or optimistic). The result lives on a window
     of N grid points whose outside carries at most about ``tail_mass`` per side (Chernoff bound); the exact
     bound on that outside mass becomes the result's ``slack``. Raises ``_GridTooLarge`` if N would exceed
     :data:`MAX_GRID_POINTS`.
+
+    ``resolve``: a tail probability δ* to resolve to full relative precision. The PMFs are then exponentially
+    tilted, p_ℓ ↦ p_ℓ e^{θℓ}/E[e^{θL}], with θ the Chernoff exponent of the δ*-quantile, composed, and tilted
+    back; the round-off allowance is added in the tilted domain, where it is tiny relative to the bins near
+    ε(δ*) (Koskela et al. 2020 discuss the same loss of relative precision in the tails).
     """
     from scipy import fft as sp_fft
 
@@ -332,19 +352,32 @@ def compose(steps: Sequence[tuple[DiscretePld, int]], *, tail_mass: float = DEFA
     # Chernoff: mass at losses ≥ (k_hi + 1)Δ and ≤ (k_lo − 1)Δ
     slack = float(np.exp(np.min(log_up - lambdas * (k_hi + 1) * step)))
     slack += float(np.exp(np.min(log_down + lambdas * (k_lo - 1) * step)))
+    tilt = 0.0 if resolve is None else float(lambdas[np.argmin((log_up - math.log(resolve)) / lambdas)])
     spectrum = np.ones(size // 2 + 1, dtype=complex)
-    log_finite = 0.0
+    log_finite = log_scale = 0.0
     for pld, count in steps:
-        placed = np.bincount((pld.offset + np.arange(pld.pmf.size)) % size, weights=pld.pmf, minlength=size)
+        weights = pld.pmf
+        if tilt:
+            log_mgf_one = float(_log_mgf(pld, np.array([tilt]))[0])
+            with np.errstate(divide="ignore"):
+                weights = np.exp(np.log(pld.pmf) + tilt * pld.losses() - log_mgf_one)
+            log_scale += count * log_mgf_one
+        placed = np.bincount((pld.offset + np.arange(pld.pmf.size)) % size, weights=weights, minlength=size)
         spectrum *= sp_fft.rfft(placed) ** count
         log_finite += count * math.log1p(-pld.infinity_mass)
     raw = sp_fft.irfft(spectrum, size)
-    # Round-off allowance: true values are ≥ 0, so the most negative output measures the FFT's per-bin error
-    # (floored at a few ulps of the peak); every bin is raised (pessimistic) or lowered (optimistic) by it.
-    noise = max(-float(raw.min()), 4.0 * np.finfo(float).eps * float(raw.max()))
-    composed = np.maximum(raw + (noise if pessimistic else -noise), 0.0)
-    composed = np.roll(composed, -(k_lo % size))
-    return DiscretePld(step, k_lo, composed, -math.expm1(log_finite), slack, pessimistic)
+    # Round-off allowance per bin: the FFT's error on each coefficient, about ε_mach log₂N, grows T-fold in the
+    # power, and the inverse transform spreads it as about T ε_mach log₂N times the largest bin; true values are
+    # ≥ 0, so the most negative output is a floor. Every bin is raised (pessimistic) or lowered (optimistic).
+    total = sum(count for _, count in steps)
+    noise = max(-float(raw.min()), total * np.finfo(float).eps * math.log2(size) * float(raw.max()))
+    composed = np.roll(np.maximum(raw + (noise if pessimistic else -noise), 0.0), -(k_lo % size))
+    if tilt:  # back to P: multiply by E[e^{θL}]^T e^{−θℓ}, capped at 1 (no bin can hold more than all the mass)
+        with np.errstate(divide="ignore"):
+            log_back = np.log(composed) + log_scale - tilt * (k_lo + np.arange(size)) * step
+        return DiscretePld(step, k_lo, np.exp(np.minimum(log_back, 0.0)), -math.expm1(log_finite), slack,
+                           pessimistic)
+    return DiscretePld(step, k_lo, composed, -math.expm1(log_finite), slack, pessimistic, noise)
 
 
 class SubsampledGaussianPld:
@@ -352,12 +385,15 @@ class SubsampledGaussianPld:
 
     ``epsilon(delta)`` and ``delta(eps)`` return the worse direction. With ``pessimistic=True`` (default) they
     are upper bounds of the true values (connect-the-dots, Doroshenko et al. 2022), otherwise lower bounds.
+    When the FFT round-off allowance would weigh more than 0.1 % of the δ asked about (tiny δ, many steps), the
+    direction is composed again with an exponential tilt that resolves that δ (see :func:`compose`) and the
+    smaller of the two upper bounds is returned.
 
     Args:
         phases: the phases, composed in any order.
-        interval: the grid interval Δ (default :func:`default_interval`); it is coarsened (answers stay valid bounds, but looser) when the grid of
-            a single step or of the composition would exceed :data:`MAX_GRID_POINTS` points, e.g. for σ ≪ 1 or
-            10⁶ steps at q = 1. The Δ actually used is :attr:`interval`.
+        interval: the grid interval Δ (default :func:`default_interval`); it is coarsened (answers stay valid
+            bounds, but looser) when the grid of a single step or of the composition would exceed
+            :data:`MAX_GRID_POINTS` points, e.g. for σ ≪ 1 or 10⁶ steps at q = 1. The Δ used is :attr:`interval`.
         tail_mass: the mass each truncation may leave outside a grid (added to δ in full).
     """
 
@@ -374,35 +410,54 @@ class SubsampledGaussianPld:
         interval = default_interval(phases) if interval is None else check_positive("interval", interval)
         self.phases = tuple(phases)
         self.pessimistic = pessimistic
+        self.tail_mass = tail_mass
         widest = max(
             np.subtract(*_loss_range(p.q, p.sigma, d, tail_mass)[::-1]) for p in self.phases for d in _DIRECTIONS
         )
         interval = max(interval, widest / MAX_GRID_POINTS)
         while True:
             try:
-                self.by_direction = {
-                    d: compose(
-                        [
-                            (subsampled_gaussian_pld(p.q, p.sigma, d, interval=interval, pessimistic=pessimistic,
-                                                     tail_mass=tail_mass), p.count)
-                            for p in self.phases
-                        ],
-                        tail_mass=tail_mass,
-                    )
+                self.steps = {
+                    d: [
+                        (subsampled_gaussian_pld(p.q, p.sigma, d, interval=interval, pessimistic=pessimistic,
+                                                 tail_mass=tail_mass), p.count)
+                        for p in self.phases
+                    ]
                     for d in _DIRECTIONS
                 }
+                self.by_direction = {d: compose(steps, tail_mass=tail_mass) for d, steps in self.steps.items()}
                 break
             except _GridTooLarge as too_large:
                 interval *= 1.05 * too_large.factor
         self.interval = interval
 
+    def _tilted(self, direction: str, target: float) -> DiscretePld | None:
+        """The direction composed to resolve δ ≈ ``target``, if its plain composition's round-off would matter."""
+        if not self.pessimistic or not target > 0.0:
+            return None
+        return compose(self.steps[direction], tail_mass=self.tail_mass, resolve=target)
+
     def epsilon(self, delta: float) -> float:
         """ε(δ) of the worse direction (an upper bound if pessimistic); ``inf`` if δ is below the truncated mass."""
         delta = check_open_unit("delta", delta)
-        return max(pld.epsilon(delta) for pld in self.by_direction.values())
+        worst = 0.0
+        for direction, pld in self.by_direction.items():
+            eps = pld.epsilon(delta)
+            if pld.roundoff_above(min(eps, 1e300)) > _ROUNDOFF_SHARE * delta:
+                tilted = self._tilted(direction, delta)
+                eps = eps if tilted is None else min(eps, tilted.epsilon(delta))
+            worst = max(worst, eps)
+        return worst
 
     def delta(self, eps: float) -> float:
         """δ(ε) of the worse direction (an upper bound if pessimistic)."""
         if not (eps >= 0.0 and math.isfinite(eps)):
             raise InvalidArgumentError("eps", eps, "a finite number >= 0")
-        return max(pld.delta(eps) for pld in self.by_direction.values())
+        worst = 0.0
+        for direction, pld in self.by_direction.items():
+            delta = pld.delta(eps)
+            if pld.roundoff_above(eps) > _ROUNDOFF_SHARE * delta:
+                tilted = self._tilted(direction, delta)
+                delta = delta if tilted is None else min(delta, tilted.delta(eps))
+            worst = max(worst, delta)
+        return worst

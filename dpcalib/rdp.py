@@ -16,6 +16,7 @@ tiny curves (q = 1e-8, σ = 1e5: A_α - 1 ≈ 1e-26) keep full relative precisio
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 #: dp_accounting 0.6.0's default grid (1.1 … 10.9 by 0.1, 11 … 63, 128 … 1024) extended by 2048 … 8192.
-#: :func:`dpcalib.conversion.optimise_order` refines around the best of these, so the reported ε is never
+#: :func:`dpcalib.conversion.optimise_epsilon` refines around the best of these, so the reported ε is never
 #: larger than dp_accounting's (or Opacus') default grid would give for the same curve.
 DEFAULT_ORDERS: NDArray[np.float64] = np.array(
     [1.0 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024, 2048, 4096, 8192],
@@ -41,7 +42,7 @@ DEFAULT_ORDERS: NDArray[np.float64] = np.array(
 )
 DEFAULT_ORDERS.setflags(write=False)
 
-#: The smallest order the refinement explores below the grid (the improved conversion is unstable closer to 1).
+#: The smallest order the refinement explores below the grid (as in dp_accounting, orders closer to 1 are not used).
 MIN_ORDER = 1.01
 
 # Fractional orders (Mironov–Talwar–Zhang series): terms summed beyond ceil(α) + 1, and the number of
@@ -267,7 +268,9 @@ def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], N
         return np.log(np.abs(b)), np.sign(b)
 
 
+@functools.lru_cache(maxsize=1)
 def _hermite() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Gauss–Hermite nodes and weights for E over N(0, 1) (a constant rule, built once on first use)."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(_HERMITE_NODES)
     return nodes, weights / math.sqrt(2.0 * math.pi)
 

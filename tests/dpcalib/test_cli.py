@@ -37,6 +37,9 @@ def test_epochs_view_rounds_steps_up(capsys):
     record = json.loads(out)
     assert status == 0 and record["steps"] == math.ceil(2.5 * 1000 / 300) and record["q"] == 0.3
     assert make_plan(None, None, 3.0, 60000, 600).steps == 300  # exact products are not rounded up further
+    assert make_plan(None, None, 0.1, 60000, 600).steps == 10  # the decimal written, not 0.1's binary excess
+    assert make_plan(None, None, 0.07, 100, 7).steps == 1
+    assert make_plan(None, None, 1.0000001, 60000, 600).steps == 101  # a sliver over an integer counts as a step
 
 
 def test_epsilon_delta_steps_commands(capsys):

@@ -198,6 +198,19 @@ def test_extreme_settings_give_finite_upper_bounds(q: float, sigma: float, steps
         assert eps >= gaussian_epsilon(math.sqrt(steps) / sigma, delta) * (1 - 1e-12)
 
 
+def test_tiny_delta_is_resolved_by_tilting() -> None:
+    # without the exponential tilt, FFT round-off (amplified T-fold) would swamp δ = 1e-12 and cost ~1 % in ε
+    pld = SubsampledGaussianPld([Phase(1.0, 100.0, 10000)])
+    exact = gaussian_epsilon(1.0, 1e-12)
+    assert pld.by_direction["remove"].roundoff_above(exact) > 1e-3 * 1e-12  # the plain composition is not enough
+    assert exact <= pld.epsilon(1e-12) <= exact * 1.002
+    assert pld.delta(pld.epsilon(1e-12)) <= 1e-12 * (1 + 1e-9)
+    upper = SubsampledGaussianPld([Phase(0.01, 1.0, 1000)]).epsilon(1e-12)
+    fine = SubsampledGaussianPld([Phase(0.01, 1.0, 1000)], interval=2.5e-4).epsilon(1e-12)
+    lower = SubsampledGaussianPld([Phase(0.01, 1.0, 1000)], interval=2.5e-5, pessimistic=False).epsilon(1e-12)
+    assert lower <= fine <= upper <= fine * 1.002
+
+
 def test_large_epsilon_targets() -> None:
     pld = SubsampledGaussianPld([Phase(0.1, 0.5, 30)])
     d30 = pld.delta(30.0)

@@ -34,3 +34,9 @@ def test_above_dp_accounting_optimistic_and_matching_its_pessimistic(q: float, s
     same_grid = dp_accounting_epsilon(q, sigma, steps, 1e-6, pessimistic=True, interval=1e-3)
     assert lower <= eps
     assert eps == pytest.approx(same_grid, rel=2e-3)
+
+
+def test_tiny_delta_above_dp_accounting_optimistic() -> None:
+    eps = SubsampledGaussianPld([Phase(0.01, 1.0, 1000)]).epsilon(1e-12)
+    lower = dp_accounting_epsilon(0.01, 1.0, 1000, 1e-12, pessimistic=False, interval=2e-5)
+    assert lower <= eps <= lower * 1.005
