@@ -185,8 +185,6 @@ class RunConfig:
             check_positive("count_noise_std", self.count_noise_std)
         if self.dp == "client":
             check_count("clients", self.clients, minimum=2)
-            if self.secure_agg:
-                raise ConfigError("dp='client' clips and noises at the server; it does not combine with secure_agg")
         elif self.adaptive_clip or self.count_noise_std is not None or self.expected_clients is not None:
             raise ConfigError("expected_clients, adaptive_clip and count_noise_std apply to dp='client' only")
 

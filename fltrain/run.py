@@ -36,7 +36,7 @@ from .dpsgd import make_engine
 from .fedavg import Aggregator, ClientSampler, FedAvgServer, FractionSampler, WeightedMean
 from .models import ParamLayout, build_model
 from .privacy import PrivacyLedger, make_plan
-from .secagg.aggregate import SecureWeightedMean
+from .secagg.aggregate import SecureClientDPAggregator, SecureWeightedMean
 from .serveropt import make_server_optimizer
 
 __all__ = ["Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "SUMMARY"]
@@ -145,7 +145,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     out = Path(cfg.out)
     state = _check_out_dir(cfg, out, resume)
     sampler: ClientSampler = FractionSampler(cfg.client_fraction)
-    aggregator: Aggregator = _aggregator(cfg, sampler.count(cfg.clients))
+    aggregator: Aggregator | None = None if cfg.dp == "client" else _aggregator(cfg, sampler.count(cfg.clients))
     optimizer = make_server_optimizer(cfg.server_opt, lr=cfg.server_lr, momentum=cfg.server_momentum)
     client_plan = None if cfg.dp != "client" else plan_client_dp(
         num_clients=cfg.clients, expected_clients=cfg.clients_per_round, rounds=cfg.rounds, eps=cfg.eps,
@@ -179,8 +179,9 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         sigma = client_plan.privacy.sigma
         ledger = PrivacyLedger(client_plan.privacy)
         sampler = PoissonClientSampler(client_plan.privacy.q)
-        aggregator = ClientDPAggregator.from_plan(client_plan, dim=layout.size, clip=cfg.clip,
-                                                  target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)
+        dp_aggregator = SecureClientDPAggregator if cfg.secure_agg else ClientDPAggregator
+        aggregator = dp_aggregator.from_plan(client_plan, dim=layout.size, clip=cfg.clip,
+                                             target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)
     sample_dp = cfg.dp == "sample"
     local = LocalTraining(
         local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,

@@ -131,7 +131,7 @@ def test_adaptive_clipping_converges_to_target_quantile(quantile: float) -> None
 
 def test_adaptive_clip_step_is_geometric() -> None:
     clip = AdaptiveClip(2.0, target_quantile=0.5, clip_lr=0.3, count_noise_std=1e-12)
-    fraction = clip.update(below=10, sampled=10, expected_clients=10.0)  # everyone below C: C must shrink
+    fraction = clip.step(noisy_count=10 - 0.5 * 10, expected_clients=10.0)  # all 10 below C: C must shrink
     assert fraction == pytest.approx(1.0)
     assert clip.clip == pytest.approx(2.0 * math.exp(-0.3 * 0.5))
 
