@@ -15,12 +15,12 @@ batches are padded to a common size with a 0/1 weight per slot, so one tensor pr
 Per-sample gradients come from one of two engines, equal up to float rounding (tests check 1e-6):
 
 - ``vmap``: ``torch.func.vmap(grad(functional_call))``, nested over clients, for any model;
-- ``layerwise``: one forward pass that keeps each layer's input, one backward pass to the layers' outputs, then
-  the per-sample gradients in closed form — for ``Linear`` the outer product ``δ_i a_iᵀ`` whose norm is
-  ``‖δ_i‖‖a_i‖`` (the "ghost norm" of Goodfellow 2015, never materialised), for ``Conv2d`` ``δ_i U(a_i)ᵀ`` with
-  ``U`` the unfolded patches, for ``GroupNorm`` the sums of ``δ_i x̂_i`` and ``δ_i`` — and the clipped sum as
-  one matrix product per layer.  It supports ``nn.Sequential`` models made of Conv2d, Linear, GroupNorm,
-  Tanh, ReLU, MaxPool2d, AvgPool2d and Flatten.
+- ``layerwise``: one forward pass (channels-last layout) that keeps each layer's input, one backward pass to the
+  layers' outputs, then the per-sample gradients in closed form — for ``Linear`` the outer product ``δ_i a_iᵀ``
+  whose norm is ``‖δ_i‖‖a_i‖`` (the "ghost norm" of Goodfellow 2015, never materialised), for ``Conv2d``
+  ``δ_iᵀ U(a_i)`` with ``U`` the im2col rows (materialised once, reused for the norm and the sum), for
+  ``GroupNorm`` the sums of ``δ_i x̂_i`` and ``δ_i`` — and the clipped sum as one matrix product per layer.  It
+  supports ``nn.Sequential`` models made of Conv2d, Linear, GroupNorm, Tanh, ReLU, MaxPool2d and Flatten.
 
 Physical micro-batches: the padded batch is processed in slices of at most ``max_physical_batch`` records (over
 all clients together), and the clipped sums accumulated, so memory is bounded whatever ``q·n`` is.
