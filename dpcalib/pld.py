@@ -146,11 +146,11 @@ class DiscretePld:
     def epsilon(self, delta: float) -> float:
         """The smallest ε ≥ 0 with δ(ε) ≤ ``delta`` for this discrete PLD (``inf`` if none: δ below its δ_∞)."""
         need = delta - self._extra()
+        if need <= 0.0:
+            return math.inf
         pmf, step = self.pmf, self.interval
         tail = np.cumsum(pmf[::-1])[::-1]  # tail[k] = Σ_{j≥k} p_j
         above = np.append(tail[1:], 0.0)  # above[k] = Σ_{j>k} p_j  (non-increasing)
-        if need <= 0.0:
-            return math.inf
         # k0: the first grid point whose strict upper tail fits; δ(ℓ_k0) ≤ extra + above[k0] ≤ delta.
         k0 = int(np.searchsorted(-above, -need, side="left"))
         if k0 >= pmf.size:
@@ -163,17 +163,18 @@ class DiscretePld:
         seg = slice(lo, k0 + 1)
         g = np.exp((idx[: k0 + 1 - lo] - k0) * step) * w_above[: k0 + 1 - lo]  # G_k = Σ_{j>k} p_j e^{ℓ_k − ℓ_j}
         deltas = above[seg] - g  # δ(ℓ_k) − extra
-        k = lo + int(np.argmax(deltas <= need))
-        if k == 0:
-            # the answer lies at or below the window: δ(ε) = extra + tail[0] − e^{ε−ℓ_0} Σ_j p_j e^{ℓ_0−ℓ_j}
-            g_all = float(pmf[0] + g[0]) if lo == 0 else math.nan
-            numerator = tail[0] - need
-            eps = self.offset * step + (math.log(numerator / g_all) if numerator > 0 else -math.inf)
-        else:
-            # between ℓ_{k−1} and ℓ_k: δ(ε) = extra + tail[k] − e^{ε−ℓ_{k−1}} G_{k−1}
+        k = lo + int(np.argmax(deltas <= need))  # the first grid point with δ(ℓ_k) ≤ delta
+        if k > lo:
+            # between ℓ_{k−1} and ℓ_k: δ(ε) = extra + tail[k] − e^{ε−ℓ_{k−1}} G_{k−1}, solved for ε
             g_prev = float(g[k - 1 - lo])
             ratio = (tail[k] - need) / g_prev if g_prev > 0 else 1.0
             eps = (self.offset + k - 1) * step + math.log(min(max(ratio, 1.0), math.exp(step)))
+        elif lo == 0:
+            # at or below the window's first point: δ(ε) = extra + tail[0] − e^{ε−ℓ_0} Σ_j p_j e^{ℓ_0−ℓ_j}
+            numerator = tail[0] - need
+            eps = self.offset * step + (math.log(numerator / float(pmf[0] + g[0])) if numerator > 0 else -math.inf)
+        else:  # δ(ℓ_k) ≤ delta already at the search's lower end (excluded by the 50-nat argument): ℓ_k is safe
+            eps = (self.offset + k) * step
         eps = max(eps, 0.0)
         return eps * (1.0 + _EPS_ROUND_UP)
 
