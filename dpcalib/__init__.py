@@ -11,7 +11,14 @@ A user needs ``import dpcalib`` alone::
 numpy, scipy and click only; importing dpcalib never imports torch.
 """
 
-from .accountant import ACCOUNTANTS, Accountant, RdpAccountant, accountant_from_state_dict, make_accountant
+from .accountant import (
+    ACCOUNTANTS,
+    Accountant,
+    PldAccountant,
+    RdpAccountant,
+    accountant_from_state_dict,
+    make_accountant,
+)
 from .calibrate import (
     calibrate_q,
     calibrate_sigma,
@@ -61,6 +68,7 @@ __all__ = [
     # accountants
     "Accountant",
     "RdpAccountant",
+    "PldAccountant",
     "ACCOUNTANTS",
     "make_accountant",
     "accountant_from_state_dict",

@@ -49,6 +49,10 @@ SIGMA_MIN = 0.05
 SIGMA_MAX = 1e6
 Q_MIN = 1e-12
 STEPS_MAX = 10**12
+#: first step of the σ bracket, in log σ; the step then doubles. A small first step gives a tight bracket when σ is
+#: near 1 (the typical DP-SGD answer), which matters for accountants whose ε is costly (PLD), and reaches σ = 1e6
+#: in fewer evaluations than doubling σ would.
+_SIGMA_FIRST_STEP = 0.05
 
 
 def event_epsilon(event: Event, *, delta: float, accountant: str = "rdp", **options: Any) -> float:
@@ -109,11 +113,11 @@ def calibrate_sigma_for(
     """
     eps, delta, rtol = _check_target(eps, delta, rtol)
     excess = _excess(lambda x: make_event(math.exp(x)), eps, delta, accountant, options)
-    x = 0.0
+    x, step = 0.0, _SIGMA_FIRST_STEP
     if excess(x) > 0.0:
         lo = x
         while True:
-            x += math.log(2.0)
+            x, step = x + step, 2.0 * step
             if x > math.log(SIGMA_MAX):
                 x = math.log(SIGMA_MAX)
                 if excess(x) > 0.0:
@@ -128,7 +132,7 @@ def calibrate_sigma_for(
     else:
         hi = x
         while True:
-            x -= math.log(2.0)
+            x, step = x - step, 2.0 * step
             if x < math.log(SIGMA_MIN):
                 x = math.log(SIGMA_MIN)
                 if excess(x) <= 0.0:

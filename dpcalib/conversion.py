@@ -14,10 +14,11 @@ Bounds, per order α > 1 with RDP value r = ε_RDP(α) of the whole composition:
   log δ = (α - 1)(r - ε).
 
 :func:`optimise_epsilon` / :func:`optimise_delta` minimise over orders. They use that the RDP of any mechanism
-is non-decreasing in α (van Erven & Harremoës 2014) and that both bounds are increasing in r, so an order whose
-bound, evaluated with the RDP of a smaller order, is already no better than the best so far can be skipped
-without changing the minimum over the grid. Around the best grid order the search zooms in (a finer local
-grid), so the reported ε is never larger than the grid's and often a little smaller.
+is non-decreasing in α (van Erven & Harremoës 2014), that K(α) = (α - 1)·RDP(α) is convex (a cumulant generating
+function), and that both bounds are increasing in r: an order whose bound, evaluated at a lower bound of its
+RDP derived from orders already evaluated, is no better than the best so far is skipped without changing the
+minimum over the grid. Around the best grid order the search zooms in (a finer local grid), so the reported ε
+is never larger than the grid's and often a little smaller.
 """
 
 from __future__ import annotations
@@ -76,8 +77,11 @@ def _check_eps(eps: float) -> float:
     return float(eps)
 
 
-def epsilon_bounds(orders: ArrayLike, rdp: ArrayLike, delta: float, method: str = "improved") -> NDArray[np.float64]:
-    """ε(δ) implied by the RDP value at each order (see the module docstring for the bounds); never negative."""
+def epsilon_bounds(
+    orders: ArrayLike, rdp: ArrayLike, delta: float, method: str = "improved", kl: bool = True
+) -> NDArray[np.float64]:
+    """ε(δ) implied by the RDP value at each order (see the module docstring for the bounds); never negative.
+    ``kl=False`` leaves out the KL rule (used by the order search once the smallest order has been tried)."""
     delta = check_open_unit("delta", delta)
     _check_method(method)
     alpha = np.asarray(orders, dtype=np.float64)
@@ -86,13 +90,18 @@ def epsilon_bounds(orders: ArrayLike, rdp: ArrayLike, delta: float, method: str 
     if method == "classic":
         return np.maximum(r - log_delta / (alpha - 1.0), 0.0)
     eps = r + np.log1p(-1.0 / alpha) - (log_delta + np.log(alpha)) / (alpha - 1.0)
+    if not kl:
+        return np.maximum(eps, 0.0)
     with np.errstate(over="ignore"):
         kl_zero = delta * delta + np.expm1(-r) >= 0.0
     return np.where(kl_zero, 0.0, np.maximum(eps, 0.0))
 
 
-def log_delta_bounds(orders: ArrayLike, rdp: ArrayLike, eps: float, method: str = "improved") -> NDArray[np.float64]:
-    """log δ(ε) implied by the RDP value at each order (see the module docstring); never above log 1 = 0."""
+def log_delta_bounds(
+    orders: ArrayLike, rdp: ArrayLike, eps: float, method: str = "improved", kl: bool = True
+) -> NDArray[np.float64]:
+    """log δ(ε) implied by the RDP value at each order (see the module docstring); never above log 1 = 0.
+    ``kl=False`` leaves out the KL rule (used by the order search once the smallest order has been tried)."""
     eps = _check_eps(eps)
     _check_method(method)
     alpha = np.asarray(orders, dtype=np.float64)
@@ -100,6 +109,8 @@ def log_delta_bounds(orders: ArrayLike, rdp: ArrayLike, eps: float, method: str 
     if method == "classic":
         return np.minimum((alpha - 1.0) * (r - eps), 0.0)
     bound = (alpha - 1.0) * (r - eps + np.log1p(-1.0 / alpha)) - np.log(alpha)
+    if not kl:
+        return np.minimum(bound, 0.0)
     with np.errstate(divide="ignore"):
         kl = 0.5 * np.log(-np.expm1(-r))
     return np.minimum(np.minimum(bound, kl), 0.0)
@@ -134,7 +145,7 @@ def optimise_epsilon(
     Warns :class:`~dpcalib.errors.OrderRangeWarning` (if ``warn``) when the best order is at the edge."""
     delta = check_open_unit("delta", delta)
     _check_method(method)
-    result = _minimise(curve, lambda a, r: epsilon_bounds(a, r, delta, method), orders, refine)
+    result = _minimise(curve, lambda a, r, kl: epsilon_bounds(a, r, delta, method, kl), orders, refine)
     if warn and result.at_edge and result.value > 0.0:
         _warn_edge(result)
     return result
@@ -151,7 +162,7 @@ def optimise_delta(
     """The smallest δ(ε) over ``orders`` (see :func:`optimise_epsilon`); the value returned is δ, not log δ."""
     eps = _check_eps(eps)
     _check_method(method)
-    result = _minimise(curve, lambda a, r: log_delta_bounds(a, r, eps, method), orders, refine)
+    result = _minimise(curve, lambda a, r, kl: log_delta_bounds(a, r, eps, method, kl), orders, refine)
     converted = Conversion(float(math.exp(result.value)), result.order, result.at_edge)
     if warn and converted.at_edge and converted.value > 0.0:
         _warn_edge(converted)
@@ -169,36 +180,52 @@ def _warn_edge(result: Conversion) -> None:
 
 def _minimise(
     curve: Curve,
-    objective: Callable[[NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64]],
+    objective: Callable[[NDArray[np.float64], NDArray[np.float64], bool], NDArray[np.float64]],
     orders: ArrayLike | None,
     refine: bool,
 ) -> Conversion:
+    """Minimise ``objective(α, curve(α), kl=True)`` over the grid (and a zoom around its best point).
+
+    The KL rule is strongest at the smallest order (ε_RDP is non-decreasing in α), so once the smallest grid
+    order is evaluated, candidates above it are screened without it."""
     grid = np.unique(DEFAULT_ORDERS if orders is None else check_orders(orders))
-    # known points of the cumulant K(α) = (α - 1) ε_RDP(α); K(1) = 0 for every mechanism
-    known = {1.0: 0.0}
+    # known points of the cumulant K(α) = (α - 1) ε_RDP(α), sorted by α; K(1) = 0 for every mechanism
+    known = [np.array([1.0]), np.array([0.0])]
+    seen = {1.0}
     best = [math.inf, float(grid[0])]
 
     def evaluate(points: NDArray[np.float64]) -> None:
-        points = points[[p not in known for p in points.tolist()]] if points.size else points
+        points = points[[p not in seen for p in points.tolist()]] if points.size else points
         if points.size == 0:
             return
         r = np.asarray(curve(points), dtype=np.float64)
-        known.update(zip(points.tolist(), ((points - 1.0) * r).tolist()))
-        values = objective(points, r)
+        seen.update(points.tolist())
+        a = np.concatenate([known[0], points])
+        idx = np.argsort(a)
+        known[0], known[1] = a[idx], np.concatenate([known[1], (points - 1.0) * r])[idx]
+        values = objective(points, r, True)
         i = int(np.argmin(values))
         if values[i] < best[0] or (values[i] == best[0] and points[i] < best[1]):
             best[0], best[1] = float(values[i]), float(points[i])
 
     def promising(points: NDArray[np.float64]) -> NDArray[np.float64]:
         """The points whose bound could still beat the best: evaluated with a lower bound on their RDP."""
-        return points[objective(points, _rdp_lower_bound(known, points)) < best[0]]
+        if points.size == 0:
+            return points
+        lower = _rdp_lower_bound(known[0], known[1], points)
+        bounds = np.where(points > grid[0], objective(points, lower, False), objective(points, lower, True))
+        return points[bounds < best[0]]
 
     anchors = (grid == np.round(grid)) & (grid <= _BATCH_MAX_ORDER)
-    evaluate(grid[anchors] if anchors.any() else grid[:1])
+    anchors[0] = anchors[0] or not anchors.any()
+    evaluate(grid[anchors])
     rest = grid[~anchors]
-    evaluate(promising(rest[rest <= _BATCH_MAX_ORDER]))
-    for alpha in rest[rest > _BATCH_MAX_ORDER]:
-        evaluate(promising(np.array([alpha])))
+    small = rest[rest <= _BATCH_MAX_ORDER]
+    evaluate(np.union1d(small[:1], promising(small)) if small.size and small[0] == grid[0] else promising(small))
+    large = promising(rest[rest > _BATCH_MAX_ORDER])
+    while large.size:  # one at a time, smallest first: each evaluation sharpens the bounds on the others
+        evaluate(large[:1])
+        large = promising(large[1:])
 
     low_edge = min(MIN_ORDER, float(grid[0])) if refine else float(grid[0])
     if refine:
@@ -207,29 +234,23 @@ def _minimise(
     return Conversion(best[0], best[1], bool(at_edge))
 
 
-def _rdp_lower_bound(known: dict[float, float], points: NDArray[np.float64]) -> NDArray[np.float64]:
-    """A lower bound on ε_RDP at ``points`` from the known values of K(α) = (α - 1) ε_RDP(α).
+def _rdp_lower_bound(a: NDArray[np.float64], k: NDArray[np.float64], points: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A lower bound on ε_RDP at ``points`` from known values ``k`` of K(α) = (α - 1) ε_RDP(α) at sorted orders ``a``.
 
     ε_RDP is non-decreasing in α, and K is convex (it is the cumulant generating function of the privacy loss),
     so K lies above the extensions of the chords through neighbouring known points. A relative margin of 1e-9
     absorbs rounding in the known values.
     """
-    a = np.array(sorted(known))
-    k = np.array([known[x] for x in a.tolist()])
     r = np.zeros_like(k)
     r[1:] = k[1:] / (a[1:] - 1.0)
     r = np.maximum.accumulate(r)
-    i = np.clip(np.searchsorted(a, points, side="right") - 1, 0, a.size - 1)
-    lb_k = (points - 1.0) * r[i]
+    last = a.size - 1
+    i = np.clip(np.searchsorted(a, points, side="right") - 1, 0, last)
+    il, i1, i2 = np.maximum(i - 1, 0), np.minimum(i + 1, last), np.minimum(i + 2, last)
     with np.errstate(divide="ignore", invalid="ignore"):
-        left = i >= 1
-        il = np.maximum(i - 1, 0)
-        chord_left = k[i] + (points - a[i]) * (k[i] - k[il]) / (a[i] - a[il])
-        lb_k = np.where(left, np.maximum(lb_k, chord_left), lb_k)
-        right = i + 2 <= a.size - 1
-        i1, i2 = np.minimum(i + 1, a.size - 1), np.minimum(i + 2, a.size - 1)
-        chord_right = k[i1] - (a[i1] - points) * (k[i2] - k[i1]) / (a[i2] - a[i1])
-        lb_k = np.where(right, np.maximum(lb_k, chord_right), lb_k)
+        chord_left = np.where(i >= 1, k[i] + (points - a[i]) * (k[i] - k[il]) / (a[i] - a[il]), -np.inf)
+        chord_right = np.where(i + 2 <= last, k[i1] - (a[i1] - points) * (k[i2] - k[i1]) / (a[i2] - a[i1]), -np.inf)
+    lb_k = np.maximum(np.maximum((points - 1.0) * r[i], chord_left), chord_right)
     lb_k = lb_k - 1e-9 * np.abs(lb_k)
     return np.maximum(lb_k, 0.0) / (points - 1.0)
 

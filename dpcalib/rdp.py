@@ -16,6 +16,7 @@ tiny curves (q = 1e-8, σ = 1e5: A_α - 1 ≈ 1e-26) keep full relative precisio
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 #: dp_accounting 0.6.0's default grid (1.1 … 10.9 by 0.1, 11 … 63, 128 … 1024) extended by 2048 … 8192.
-#: :func:`dpcalib.conversion.optimise_order` refines around the best of these, so the reported ε is never
+#: :func:`dpcalib.conversion.optimise_epsilon` refines around the best of these, so the reported ε is never
 #: larger than dp_accounting's (or Opacus') default grid would give for the same curve.
 DEFAULT_ORDERS: NDArray[np.float64] = np.array(
     [1.0 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024, 2048, 4096, 8192],
@@ -41,13 +42,14 @@ DEFAULT_ORDERS: NDArray[np.float64] = np.array(
 )
 DEFAULT_ORDERS.setflags(write=False)
 
-#: The smallest order the refinement explores below the grid (the improved conversion is unstable closer to 1).
+#: The smallest order the refinement explores below the grid (as in dp_accounting, orders closer to 1 are not used).
 MIN_ORDER = 1.01
 
 # Fractional orders (Mironov–Talwar–Zhang series): terms summed beyond ceil(α) + 1, and the number of
 # repeated averagings of the last partial sums (Euler transform of the alternating tail).
 _TAIL_TERMS = 48
 _EULER_AVERAGINGS = 10
+_EULER_WEIGHTS = np.array([math.comb(_EULER_AVERAGINGS, j) for j in range(_EULER_AVERAGINGS + 1)]) / 2.0**_EULER_AVERAGINGS
 # Small-noise-difference regime (σ ≥ 1/_MOMENT_MAX_S and α q / σ ≤ _MOMENT_MAX_AQS): moment series.
 _MOMENT_MAX_S = 0.05
 _MOMENT_MAX_AQS = 0.1
@@ -205,42 +207,38 @@ def _log_a_minus_1_frac(q: float, sigma: float, alpha: NDArray[np.float64]) -> N
     even for α = 1.01 and q near 1 (tested against mpmath quadrature of the defining integral).
     """
     n_terms = int(np.ceil(alpha.max())) + 2 + _TAIL_TERMS + _EULER_AVERAGINGS
-    k = np.arange(n_terms, dtype=np.float64)[None, :]
+    k = np.arange(n_terms, dtype=np.float64)
     a = alpha[:, None]
+    shape = (alpha.size, n_terms)
     log_1mq = math.log1p(-q)
     log_w = math.log(q) - log_1mq
     z0 = sigma * sigma * (-log_w) + 0.5
     # log|C(α,k)| by the product C(α,k) = Π_{i=1}^{k} (α - i + 1)/i; its sign flips with every i > α + 1
-    factors = np.abs(a - k[:, 1:] + 1.0) / k[:, 1:]
-    log_c = np.concatenate([np.zeros_like(a), np.cumsum(np.log(factors), axis=1)], axis=1)
+    log_c = np.zeros(shape)
+    np.cumsum(np.log(np.abs(a - k[1:] + 1.0) / k[1:]), axis=1, out=log_c[:, 1:])
     sign_c = np.where(np.maximum(k - np.floor(a) - 1.0, 0.0) % 2.0 == 1.0, -1.0, 1.0)
-    x0 = np.broadcast_to(k, log_c.shape)
-    x1 = a - k
-    first = _log_w_m_phi(x0.ravel(), ((z0 - x0) / sigma).ravel(), z0, sigma, log_w).reshape(log_c.shape)
-    second = _log_w_m_phi(x1.ravel(), ((x1 - z0) / sigma).ravel(), z0, sigma, log_w).reshape(log_c.shape)
-    log_terms = np.logaddexp(first, second) + log_c + alpha[:, None] * log_1mq
+    # one call for: the first series (x = k), the second (x = α - k), and the complements of k = 0, 1
+    x = np.concatenate([np.broadcast_to(k, shape).ravel(), (a - k).ravel(), [0.0, 1.0]])
+    t = np.concatenate([np.broadcast_to((z0 - k) / sigma, shape).ravel(), ((a - k - z0) / sigma).ravel(),
+                        [-z0 / sigma, (1.0 - z0) / sigma]])
+    h = _log_w_m_phi(x, t, z0, sigma, log_w)
+    size = alpha.size * n_terms
+    first, second, comp = h[:size].reshape(shape), h[size:2 * size].reshape(shape), h[2 * size:]
+    log_terms = np.logaddexp(first, second)
     # k = 0, 1 of the first series: replace Φ by -Φ̄ (the "1" is handled through B below)
-    comp = _log_w_m_phi(
-        np.array([0.0, 1.0]), np.array([-z0 / sigma, (1.0 - z0) / sigma]), z0, sigma, log_w
-    )  # log(w^x M_x Φ̄((z0 - x)/σ)) for x = 0, 1
-    signs = sign_c.copy()
-    for j in (0, 1):
-        mag, sgn = _logsubexp(second[:, j], comp[j])
-        log_terms[:, j] = mag + log_c[:, j] + alpha * log_1mq
-        signs[:, j] = sgn
+    log_terms[:, :2], sign_c[:, :2] = _logsubexp(second[:, :2], comp[None, :])
+    log_terms += log_c + a * log_1mq
     log_b, sign_b = _log_b(q, alpha)
     top = np.maximum(log_terms.max(axis=1), log_b)
-    scaled = signs * np.exp(log_terms - top[:, None])
-    partial = (sign_b * np.exp(log_b - top))[:, None] + np.cumsum(scaled, axis=1)
-    tail = partial[:, -(_EULER_AVERAGINGS + 1):]
-    for _ in range(_EULER_AVERAGINGS):
-        tail = 0.5 * (tail[:, 1:] + tail[:, :-1])
-    total = tail[:, 0]
+    partial = np.cumsum(sign_c * np.exp(log_terms - top[:, None]), axis=1)
+    partial += (sign_b * np.exp(log_b - top))[:, None]
+    # averaging the last m + 1 partial sums m times = weights C(m, j) / 2^m
+    total = partial[:, -(_EULER_AVERAGINGS + 1):] @ _EULER_WEIGHTS
     with np.errstate(divide="ignore"):
         return top + np.log(np.maximum(total, 0.0))
 
 
-def _logsubexp(log_x: NDArray[np.float64], log_y: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _logsubexp(log_x: NDArray[np.float64], log_y: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """(log|e^x - e^y|, sign(e^x - e^y))."""
     hi = np.maximum(log_x, log_y)
     lo = np.minimum(log_x, log_y)
@@ -270,7 +268,9 @@ def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], N
         return np.log(np.abs(b)), np.sign(b)
 
 
+@functools.lru_cache(maxsize=1)
 def _hermite() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Gauss–Hermite nodes and weights for E over N(0, 1) (a constant rule, built once on first use)."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(_HERMITE_NODES)
     return nodes, weights / math.sqrt(2.0 * math.pi)
 

@@ -4,9 +4,10 @@ The pieces (see ``docs/fltrain.md``): :mod:`~fltrain.config` (a run), :mod:`~flt
 partitions), :mod:`~fltrain.models`, :mod:`~fltrain.dpsgd` (per-sample clipping and noise),
 :mod:`~fltrain.client` (local training), :mod:`~fltrain.fedavg` (the server), :mod:`~fltrain.privacy` (plan,
 σ, ledger), :mod:`~fltrain.run` (a whole run) and :mod:`~fltrain.cli`.
+
+A run from Python: ``from fltrain.run import run; run(RunConfig(...))``.
 """
 
 from .config import ConfigError, RunConfig
-from .run import RunSummary, run
 
-__all__ = ["ConfigError", "RunConfig", "RunSummary", "run"]
+__all__ = ["ConfigError", "RunConfig"]

@@ -42,7 +42,8 @@ _HELP = {
     "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn; auto picks by dataset",
     "local_steps": "local (DP-)SGD steps per client per round",
     "batch_size": "expected local batch size B; client k samples records with Poisson rate B/n_k",
-    "lr": "local learning rate",
+    "lr": "local learning rate (of round 1)",
+    "lr_decay": "the local learning rate of round r is lr * lr_decay^(r-1)",
     "momentum": "local SGD momentum",
     "clip": "clipping norm C: per sample (--dp sample) or per client update (--dp client; initial C if adaptive)",
     "dp": "privacy: sample (record-level DP-SGD), client (client-level DP-FedAvg), none",
@@ -59,7 +60,7 @@ _HELP = {
     "out": "output directory (metrics.jsonl, checkpoint.pt, summary.json)",
     "threads": "torch CPU threads",
     "engine": "per-sample gradient engine: layerwise (fast, closed form), vmap (torch.func), auto",
-    "parallel_clients": "clients trained together as one vectorised program",
+    "parallel_clients": "clients trained together as one vectorised program (0: as many as fill --max-physical-batch)",
     "max_physical_batch": "largest number of records processed at once (bounds memory)",
 }
 _CHOICES = {

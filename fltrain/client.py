@@ -32,8 +32,14 @@ class LocalTraining:
     momentum: float
     clip: float | None
     noise_multiplier: float
-    parallel_clients: int = 16
-    max_physical_batch: int = 1024
+    parallel_clients: int = 0
+    max_physical_batch: int = 384
+
+    @property
+    def group_size(self) -> int:
+        """Clients trained together: ``parallel_clients``, or (0, auto) as many as fill ``max_physical_batch``
+        with expected batches — a few hundred records at a time keep the working set in the CPU caches."""
+        return self.parallel_clients or max(1, self.max_physical_batch // self.batch_size)
 
     @property
     def private(self) -> bool:
@@ -84,14 +90,17 @@ class LocalTrainer:
         client_ids: torch.Tensor,
         generator: torch.Generator,
         on_step: Callable[[int], None] | None = None,
+        lr: float | None = None,
     ) -> ClientUpdates:
-        """Train ``client_ids`` from the flat ``global_params`` (P,); ``on_step(step)`` after each local step."""
+        """Train ``client_ids`` from the flat ``global_params`` (P,) with local learning rate ``lr`` (default: the
+        plan's); ``on_step(step)`` after each local step of the first group."""
         # a Poisson-sampled round may have no client (client-level DP): then no delta and no loss
         deltas, losses = [global_params.new_zeros(0, global_params.numel())], [torch.zeros(0)]
-        group = self.plan.parallel_clients
+        group = self.plan.group_size
+        lr = self.plan.lr if lr is None else lr
         for start in range(0, len(client_ids), group):
             ids = client_ids[start : start + group]
-            delta, loss = self._train_group(global_params, ids, generator, on_step if start == 0 else None)
+            delta, loss = self._train_group(global_params, ids, generator, lr, on_step if start == 0 else None)
             deltas.append(delta)
             losses.append(loss)
         return ClientUpdates(client_ids, torch.cat(deltas), self.sizes[client_ids], torch.cat(losses))
@@ -101,6 +110,7 @@ class LocalTrainer:
         global_params: torch.Tensor,
         ids: torch.Tensor,
         generator: torch.Generator,
+        lr: float,
         on_step: Callable[[int], None] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         plan = self.plan
@@ -132,7 +142,7 @@ class LocalTrainer:
             )
             for name, g in grads.items():
                 velocity_parts[name].mul_(plan.momentum).add_(g)
-            flat.add_(velocity, alpha=-plan.lr)
+            flat.add_(velocity, alpha=-lr)
             loss_sum += loss
             count_sum += counts
             if on_step is not None:

@@ -212,11 +212,11 @@ class AdaptiveClip:
         self.clip_lr = check_positive("clip_lr", clip_lr)
         self.count_noise_std = check_positive("count_noise_std", count_noise_std)
 
-    def update(self, below: int, sampled: int, expected_clients: float, generator: torch.Generator | None = None) -> float:
-        """Release the noisy fraction of clipped-below clients and move ``C``; returns the noisy fraction ``b̄``."""
+    def step(self, noisy_count: float, expected_clients: float) -> float:
+        """Move ``C`` given the released ``Σ(b_i − 1/2) + N(0, σ_b²)`` (however its noise was added, e.g. in
+        shares under secure aggregation); returns the noisy fraction ``b̄ = noisy_count / m + 1/2``."""
         m = check_positive("expected_clients", expected_clients)
-        noise = float(torch.randn((), generator=generator, dtype=torch.float64)) * self.count_noise_std
-        fraction = (below - 0.5 * sampled + noise) / m + 0.5
+        fraction = noisy_count / m + 0.5
         self.clip *= math.exp(-self.clip_lr * (fraction - self.target_quantile))
         return fraction
 
@@ -285,16 +285,26 @@ class ClientDPAggregator:
         deltas = updates.deltas if isinstance(updates, ClientUpdates) else updates
         clip = self.clip
         clipped, norms = clip_deltas(_as_batch(deltas, self.dim), clip)
-        noise = torch.randn(self.dim, generator=generator, dtype=torch.float64) * (self.sum_noise_multiplier * clip)
-        mean = (clipped.to(torch.float64).sum(dim=0) + noise) / self.expected_clients
+        total, noisy_count = self._noisy_sums(clipped.to(torch.float64), norms <= clip, clip, generator)
+        mean = total / self.expected_clients
         release: dict[str, float] = {"clip": clip, "noise_std": self.sum_noise_multiplier * clip}
         if self.adaptive is not None:
-            below = int((norms <= clip).sum())
-            release["noisy_fraction_unclipped"] = self.adaptive.update(
-                below, int(norms.numel()), self.expected_clients, generator
-            )
+            release["noisy_fraction_unclipped"] = self.adaptive.step(noisy_count, self.expected_clients)
         self.last_release = release
         return mean.to(deltas.dtype)
+
+    def _noisy_sums(
+        self, clipped: torch.Tensor, below: torch.Tensor, clip: float, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, float]:
+        """The two releases of a round: ``Σ_i clipped_i + N(0, (z_Δ·C)²·I)`` (float64) and, with adaptive
+        clipping, ``Σ_i (b_i − 1/2) + N(0, σ_b²)`` (else 0). Here the server adds the noise; secure aggregation
+        (:class:`fltrain.secagg.aggregate.SecureClientDPAggregator`) replaces this step."""
+        noise = torch.randn(self.dim, generator=generator, dtype=torch.float64) * (self.sum_noise_multiplier * clip)
+        total = clipped.sum(dim=0) + noise
+        if self.adaptive is None:
+            return total, 0.0
+        count_noise = float(torch.randn((), generator=generator, dtype=torch.float64)) * self.adaptive.count_noise_std
+        return total, float(below.sum()) - 0.5 * below.numel() + count_noise
 
     def state_dict(self) -> dict[str, float]:
         """The clipping state for checkpoints: the current clip norm (the settings come from the run's config)."""

@@ -110,6 +110,7 @@ class RunConfig:
     local_steps: int = 100
     batch_size: int = 150
     lr: float = 0.15
+    lr_decay: float = 1.0
     momentum: float = 0.9
     clip: float = 0.1
     # privacy
@@ -128,8 +129,8 @@ class RunConfig:
     out: str = "runs/fltrain"
     threads: int = 1
     engine: str = "auto"
-    parallel_clients: int = 16
-    max_physical_batch: int = 1024
+    parallel_clients: int = 0
+    max_physical_batch: int = 384
 
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, DATASETS)
@@ -151,6 +152,8 @@ class RunConfig:
         check_count("local_steps", self.local_steps)
         check_count("batch_size", self.batch_size)
         check_positive("lr", self.lr)
+        if not 0.0 < _non_negative("lr_decay", self.lr_decay) <= 1.0:
+            raise InvalidArgumentError("lr_decay", self.lr_decay, "in (0, 1]")
         if not 0.0 <= _non_negative("momentum", self.momentum) < 1.0:
             raise InvalidArgumentError("momentum", self.momentum, "in [0, 1)")
         check_positive("clip", self.clip)
@@ -161,7 +164,7 @@ class RunConfig:
             check_positive("sigma", self.sigma)
         check_count("seed", self.seed, minimum=0)
         check_count("threads", self.threads)
-        check_count("parallel_clients", self.parallel_clients)
+        check_count("parallel_clients", self.parallel_clients, minimum=0)
         check_count("max_physical_batch", self.max_physical_batch)
         if not isinstance(self.secure_agg, bool):
             raise InvalidArgumentError("secure_agg", self.secure_agg, "true or false")
@@ -182,8 +185,6 @@ class RunConfig:
             check_positive("count_noise_std", self.count_noise_std)
         if self.dp == "client":
             check_count("clients", self.clients, minimum=2)
-            if self.secure_agg:
-                raise ConfigError("dp='client' clips and noises at the server; it does not combine with secure_agg")
         elif self.adaptive_clip or self.count_noise_std is not None or self.expected_clients is not None:
             raise ConfigError("expected_clients, adaptive_clip and count_noise_std apply to dp='client' only")
 

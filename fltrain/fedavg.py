@@ -106,10 +106,13 @@ class FedAvgServer:
     def num_clients(self) -> int:
         return len(self.trainer.members)
 
-    def run_round(self, generator: torch.Generator, on_step: Callable[[int], None] | None = None) -> RoundResult:
-        """One round: sample clients, train them locally, aggregate, apply the server step."""
+    def run_round(
+        self, generator: torch.Generator, on_step: Callable[[int], None] | None = None, local_lr: float | None = None
+    ) -> RoundResult:
+        """One round: sample clients, train them locally (learning rate ``local_lr``, default the trainer's),
+        aggregate, apply the server step."""
         ids = self.sampler.sample(self.num_clients, generator)
-        updates = self.trainer.train(self.params, ids, generator, on_step)
+        updates = self.trainer.train(self.params, ids, generator, on_step, lr=local_lr)
         update = self.aggregator.aggregate(updates, generator)
         self.optimizer.step(self.params, update)
         weights = updates.num_samples.to(torch.float64)

@@ -5,7 +5,7 @@ import dpcalib
 
 
 def test_import_dpcalib_never_imports_torch_or_scipy_eagerly():
-    code = "import sys, dpcalib; print('torch' in sys.modules, 'scipy.special' in sys.modules)"
+    code = "import sys, dpcalib, dpcalib.cli; print('torch' in sys.modules, 'scipy.special' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 

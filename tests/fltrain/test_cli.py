@@ -25,10 +25,10 @@ def test_help_lists_every_option_with_a_default(capsys):
 @pytest.mark.parametrize(
     "args,fragment",
     [(["--clip", "-1"], "clip=-1.0"), (["--dataset", "imagenet"], "imagenet"), (["--delta", "2"], "delta"),
-     (["--dp", "client", "--secure-agg"], "secure_agg"),
      (["--dp", "client", "--expected-clients", "50"], "expected_clients"),
      (["--dp", "client", "--adaptive-clip", "--eps", "0.5", "--count-noise-std", "0.01"], "count_noise_std"),
-     (["--dp", "client", "--server-opt", "adam", "--server-momentum", "0.9"], "server_momentum"), (["--secure-agg", "--clients", "1"], "at least 2 clients"), (["--bogus", "1"], "bogus"),
+     (["--dp", "client", "--server-opt", "adam", "--server-momentum", "0.9"], "server_momentum"),
+     (["--secure-agg", "--clients", "1"], "at least 2 clients"), (["--bogus", "1"], "bogus"),
      (["--client-fraction", "1.5"], "client_fraction"), (["--rounds", "x"], "x")],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, fragment):

@@ -132,7 +132,7 @@ def test_adaptive_clipping_converges_to_target_quantile(quantile: float) -> None
 
 def test_adaptive_clip_step_is_geometric() -> None:
     clip = AdaptiveClip(2.0, target_quantile=0.5, clip_lr=0.3, count_noise_std=1e-12)
-    fraction = clip.update(below=10, sampled=10, expected_clients=10.0)  # everyone below C: C must shrink
+    fraction = clip.step(noisy_count=10 - 0.5 * 10, expected_clients=10.0)  # all 10 below C: C must shrink
     assert fraction == pytest.approx(1.0)
     assert clip.clip == pytest.approx(2.0 * math.exp(-0.3 * 0.5))
 
@@ -275,7 +275,7 @@ def test_client_dp_run_resumes_exactly_with_clip_optimiser_and_ledger(data_root,
     assert torch.equal(a["server"]["params"], b["server"]["params"])
     assert torch.equal(a["server"]["optimizer"]["v"], b["server"]["optimizer"]["v"])
     assert a["aggregator"] == b["aggregator"] and a["ledger"] == b["ledger"]
-    timing = ("seconds", "elapsed")
+    timing = ("seconds", "cpu_seconds", "elapsed")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(_rows(tmp_path / "whole")) == strip(_rows(tmp_path / "cut"))
     assert resumed.test_accuracy == summary.test_accuracy

@@ -23,8 +23,6 @@ def test_bad_values_name_the_argument(field, value):
 
 
 def test_unimplemented_modes_are_refused_clearly():
-    with pytest.raises(ConfigError, match="secure_agg"):
-        RunConfig(dp="client", secure_agg=True)
     with pytest.raises(ConfigError, match="dp='client' only"):
         RunConfig(dp="sample", adaptive_clip=True)
     with pytest.raises(ConfigError, match="cifar-cnn"):
