@@ -38,5 +38,5 @@ def test_above_dp_accounting_optimistic_and_matching_its_pessimistic(q: float, s
 
 def test_tiny_delta_above_dp_accounting_optimistic() -> None:
     eps = SubsampledGaussianPld([Phase(0.01, 1.0, 1000)]).epsilon(1e-12)
-    lower = dp_accounting_epsilon(0.01, 1.0, 1000, 1e-12, pessimistic=False, interval=2e-5)
-    assert lower <= eps <= lower * 1.005
+    lower = dp_accounting_epsilon(0.01, 1.0, 1000, 1e-12, pessimistic=False, interval=5e-5)
+    assert lower <= eps <= lower * 1.01  # its rounding-down lower bound is ~0.6 % low at this grid
