@@ -10,7 +10,9 @@ update.
 - ``opacus``: Opacus ``GradSampleModule`` + ``DPOptimizer`` (hooks compute per-sample gradients);
 - ``loop``: one autograd pass per record, as a per-sample Python loop (the reference implementation's way);
 - ``fltrain training``: :class:`fltrain.client.LocalTrainer` local steps as a run does them (Poisson sampling of
-  the batch from 15,000 records, q = B/15,000), for 1 client and for 4 clients vectorised (client-steps/s).
+  the batch from 15,000 records, q = B/15,000), for 1 client, for 4 clients with the default grouping (as many
+  clients at once as fill ``max_physical_batch`` = 384 records: one at a time at these batch sizes) and for 4
+  clients stacked into one program (client-steps/s).
 
 Usage: ``PYTHONPATH=. python benchmarks/bench_dpsgd.py [--batch 150 256] [--steps 40] [--threads 1]``.
 Reports wall-clock steps/s (and CPU-time steps/s, less sensitive to other processes) and ratios to Opacus.
@@ -91,8 +93,8 @@ def _loop_step(x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def _training(batch: int, clients: int, steps: int) -> Callable[[], None]:
-    """``steps`` local steps of ``clients`` clients of 15,000 records each, trained together."""
+def _training(batch: int, clients: int, steps: int, parallel: int = 0) -> Callable[[], None]:
+    """``steps`` local steps of ``clients`` clients of 15,000 records each (``parallel`` at a time; 0: auto)."""
     model = tanh_cnn()
     layout = ParamLayout.of(model)
     n = 15_000
@@ -100,7 +102,7 @@ def _training(batch: int, clients: int, steps: int) -> Callable[[], None]:
     y = torch.randint(0, 10, (n * clients,))
     members = [torch.arange(k * n, (k + 1) * n) for k in range(clients)]
     plan = LocalTraining(local_steps=steps, batch_size=batch, lr=LR, momentum=MOMENTUM, clip=CLIP,
-                         noise_multiplier=SIGMA, parallel_clients=clients)
+                         noise_multiplier=SIGMA, parallel_clients=parallel)
     trainer = LocalTrainer(layout, make_engine(model), x, y, members, plan)
     start = layout.flatten(dict(model.named_parameters())).detach()
     gen = torch.Generator().manual_seed(0)
@@ -108,23 +110,28 @@ def _training(batch: int, clients: int, steps: int) -> Callable[[], None]:
     return lambda: trainer.train(start, ids, gen)
 
 
-def _rate(step: Callable[[], None], repeats: int, per_call: int) -> tuple[float, float]:
-    """(wall, CPU) steps per second of ``per_call`` steps per ``step()`` call, best of three timings."""
-    step()  # warm-up
-    walls, cpus = [], []
-    for _ in range(3):
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(repeats):
-            step()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return repeats * per_call / min(walls), repeats * per_call / min(cpus)
+def _rates(contenders: dict[str, tuple[Callable[[], None], int, int]], rounds: int) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) steps per second of every contender, best of ``rounds`` timings taken in turn (interleaved, so
+    that a change in the machine's load hits every contender alike)."""
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    for step, _, _ in contenders.values():
+        step()  # warm-up
+    for _ in range(rounds):
+        for name, (step, repeats, per_call) in contenders.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(repeats):
+                step()
+            walls[name].append((time.perf_counter() - wall) / (repeats * per_call))
+            cpus[name].append((time.process_time() - cpu) / (repeats * per_call))
+    return {name: (1 / min(walls[name]), 1 / min(cpus[name])) for name in contenders}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[150, 256])
-    parser.add_argument("--steps", type=int, default=20, help="steps per timing (best of 3 timings)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per timing")
+    parser.add_argument("--rounds", type=int, default=3, help="timings per contender (the best counts)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-loop", action="store_true", help="leave out the slow per-sample loop")
     args = parser.parse_args()
@@ -140,10 +147,11 @@ def main() -> None:
             "opacus": (_opacus_step(x, y), args.steps, 1),
             "fltrain training, 1 client": (_training(batch, 1, args.steps), 1, args.steps),
             "fltrain training, 4 clients": (_training(batch, 4, args.steps // 2), 1, 4 * (args.steps // 2)),
+            "fltrain training, 4 stacked": (_training(batch, 4, args.steps // 2, 4), 1, 4 * (args.steps // 2)),
         }
         if not args.skip_loop:
             contenders["loop"] = (_loop_step(x, y), max(2, args.steps // 4), 1)
-        rates = {name: _rate(step, repeats, per_call) for name, (step, repeats, per_call) in contenders.items()}
+        rates = _rates(contenders, args.rounds)
         opacus_wall, opacus_cpu = rates["opacus"]
         print(f"\nbatch {batch}: steps/s (wall)  steps/s (CPU)  ×opacus (wall)  ×opacus (CPU)")
         for name, (wall, cpu) in rates.items():

@@ -59,7 +59,7 @@ _HELP = {
     "out": "output directory (metrics.jsonl, checkpoint.pt, summary.json)",
     "threads": "torch CPU threads",
     "engine": "per-sample gradient engine: layerwise (fast, closed form), vmap (torch.func), auto",
-    "parallel_clients": "clients trained together as one vectorised program",
+    "parallel_clients": "clients trained together as one vectorised program (0: as many as fill --max-physical-batch)",
     "max_physical_batch": "largest number of records processed at once (bounds memory)",
 }
 _CHOICES = {

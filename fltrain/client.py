@@ -32,8 +32,14 @@ class LocalTraining:
     momentum: float
     clip: float | None
     noise_multiplier: float
-    parallel_clients: int = 16
-    max_physical_batch: int = 1024
+    parallel_clients: int = 0
+    max_physical_batch: int = 384
+
+    @property
+    def group_size(self) -> int:
+        """Clients trained together: ``parallel_clients``, or (0, auto) as many as fill ``max_physical_batch``
+        with expected batches — a few hundred records at a time keep the working set in the CPU caches."""
+        return self.parallel_clients or max(1, self.max_physical_batch // self.batch_size)
 
     @property
     def private(self) -> bool:
@@ -90,7 +96,7 @@ class LocalTrainer:
         plan's); ``on_step(step)`` after each local step of the first group."""
         # a Poisson-sampled round may have no client (client-level DP): then no delta and no loss
         deltas, losses = [global_params.new_zeros(0, global_params.numel())], [torch.zeros(0)]
-        group = self.plan.parallel_clients
+        group = self.plan.group_size
         lr = self.plan.lr if lr is None else lr
         for start in range(0, len(client_ids), group):
             ids = client_ids[start : start + group]

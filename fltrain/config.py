@@ -129,8 +129,8 @@ class RunConfig:
     out: str = "runs/fltrain"
     threads: int = 1
     engine: str = "auto"
-    parallel_clients: int = 16
-    max_physical_batch: int = 1024
+    parallel_clients: int = 0
+    max_physical_batch: int = 384
 
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, DATASETS)
@@ -164,7 +164,7 @@ class RunConfig:
             check_positive("sigma", self.sigma)
         check_count("seed", self.seed, minimum=0)
         check_count("threads", self.threads)
-        check_count("parallel_clients", self.parallel_clients)
+        check_count("parallel_clients", self.parallel_clients, minimum=0)
         check_count("max_physical_batch", self.max_physical_batch)
         if not isinstance(self.secure_agg, bool):
             raise InvalidArgumentError("secure_agg", self.secure_agg, "true or false")

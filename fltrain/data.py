@@ -65,10 +65,15 @@ def _torchvision_split(name: str, root: Path, train: bool):
 
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
     sink = io.StringIO()
+    # folders a failed download attempt may create (deepest first), removed again if they stay empty
+    absent = [d for d in (root / cls.__name__ / "raw", root / cls.__name__, root) if not d.exists()]
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             return cls(str(root), train=train, download=True)
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError ... when offline
+        for folder in absent:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise DataUnavailableError(
             f"{name} is not under data directory {str(root)!r} and could not be downloaded "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'})"

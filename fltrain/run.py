@@ -3,7 +3,8 @@
 Files in the output directory:
 
 - ``metrics.jsonl``: one JSON object per round: ``round``, ``train_loss``, ``test_accuracy`` (a fraction),
-  ``epsilon`` (spent so far; ``null`` without DP), ``delta``, ``sigma``, ``seconds`` (this round), ``elapsed``,
+  ``epsilon`` (spent so far; ``null`` without DP), ``delta``, ``sigma``, ``seconds`` (this round, wall clock),
+  ``cpu_seconds`` (this round, CPU time of the process: comparable on a loaded machine), ``elapsed``,
   ``clients`` (how many trained); with ``dp="client"`` also ``clip`` (the clip norm of the round), ``noise_std``
   and, with adaptive clipping, ``noisy_fraction_unclipped`` (all DP releases; ``clients`` and ``train_loss`` are
   server-side diagnostics, not differentially private);
@@ -70,6 +71,7 @@ class RunSummary:
     delta: float | None
     sigma: float
     seconds: float
+    cpu_seconds: float
     stopped_by_budget: bool
     out: str
 
@@ -193,9 +195,9 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     server = FedAvgServer(initial, trainer, sampler=sampler, aggregator=aggregator, optimizer=optimizer)
     generator = torch.Generator().manual_seed(cfg.seed)
 
-    start_round, elapsed = 0, 0.0
+    start_round, elapsed, cpu_elapsed = 0, 0.0, 0.0
     if state is not None:
-        start_round, elapsed = int(state["round"]), float(state["elapsed"])
+        start_round, elapsed, cpu_elapsed = int(state["round"]), float(state["elapsed"]), float(state["cpu_elapsed"])
         server.load_state_dict(state["server"])
         generator.set_state(state["generator"])
         if ledger is not None:
@@ -212,24 +214,28 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         if ledger is not None and not ledger.can_afford_next_round():
             stopped = True
             break
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         progress.round_started(round_index, cfg.rounds, cfg.local_steps)
         result = server.run_round(generator, progress.step, local_lr=cfg.lr * cfg.lr_decay ** (round_index - 1))
         epsilon = ledger.charge_round() if ledger is not None else None
         accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
         seconds = time.perf_counter() - began
+        cpu_seconds = time.process_time() - began_cpu
+        cpu_elapsed += cpu_seconds
         elapsed += seconds
         metrics = {
             "round": round_index, "train_loss": result.train_loss, "test_accuracy": accuracy,
             "epsilon": epsilon, "delta": ledger.plan.delta if ledger is not None else None, "sigma": sigma,
-            "seconds": round(seconds, 3), "elapsed": round(elapsed, 3), "clients": len(result.client_ids),
+            "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "elapsed": round(elapsed, 3),
+            "clients": len(result.client_ids),
         }
         if isinstance(aggregator, ClientDPAggregator):
             metrics.update(aggregator.last_release)
         with open(out / METRICS, "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
         _save_checkpoint(out / CHECKPOINT, {
-            "config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "server": server.state_dict(),
+            "config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed,
+            "server": server.state_dict(),
             "generator": generator.get_state(), "ledger": ledger.state_dict() if ledger is not None else None,
             "aggregator": aggregator.state_dict() if isinstance(aggregator, ClientDPAggregator) else None,
         })
@@ -242,7 +248,8 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy,
         epsilon=ledger.epsilon() if ledger is not None else None,
         delta=ledger.plan.delta if ledger is not None else None,
-        sigma=sigma, seconds=round(elapsed, 3), stopped_by_budget=stopped, out=str(out),
+        sigma=sigma, seconds=round(elapsed, 3), cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped,
+        out=str(out),
     )
     (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary

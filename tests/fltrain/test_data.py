@@ -85,3 +85,4 @@ def test_missing_data_names_the_directory(tmp_path, monkeypatch):
     root = tmp_path / "nothing-here"
     with pytest.raises(DataUnavailableError, match="nothing-here"):
         load_dataset("mnist", root)
+    assert not root.exists()  # the folders the attempt made are gone again
