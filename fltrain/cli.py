@@ -37,7 +37,7 @@ _HELP = {
     "rounds": "federated rounds",
     "server_lr": "server learning rate applied to the aggregated delta",
     "server_momentum": "server momentum (FedAvgM); 0 = plain FedAvg",
-    "server_opt": "server optimiser: sgd (FedAvg / FedAvgM with --server-momentum) or adam (FedAdam, Reddi et al. 2021)",
+    "server_opt": "server optimiser: sgd (FedAvg/FedAvgM with --server-momentum) or adam (FedAdam, Reddi et al. 2021)",
     "expected_clients": "--dp client: expected clients per round m; each client joins with Poisson rate m/clients",
     "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn; auto picks by dataset",
     "local_steps": "local (DP-)SGD steps per client per round",

@@ -78,7 +78,9 @@ def sum_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> flo
     sb = check_positive("count_noise_std", count_noise_std)
     if 2.0 * sb <= z:
         raise InvalidArgumentError(
-            "count_noise_std", count_noise_std, f"> noise_multiplier/2 = {z / 2:.6g} (the count would use all the noise)"
+            "count_noise_std",
+            count_noise_std,
+            f"> noise_multiplier/2 = {z / 2:.6g} (the count would use all the noise)",
         )
     # log space: z^{-2} - (2 sb)^{-2} = z^{-2} (1 - (z / 2sb)^2)
     return z / math.sqrt(-math.expm1(2.0 * math.log(z / (2.0 * sb))))
@@ -274,7 +276,9 @@ class ClientDPAggregator:
         """The clip norm the next round uses."""
         return self.adaptive.clip if self.adaptive is not None else self._clip
 
-    def aggregate(self, updates: ClientUpdates | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def aggregate(
+        self, updates: ClientUpdates | torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The noisy mean update of one round (the aggregation step of :class:`fltrain.fedavg.FedAvgServer`).
 
         ``updates`` holds the deltas (k, d) of the sampled clients (``k`` may be 0); client weights are not used,
