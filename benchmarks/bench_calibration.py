@@ -22,22 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import warnings  # noqa: E402
-from typing import Callable  # noqa: E402
 
-Q, SIGMA, STEPS, DELTA, TARGET_EPS = 0.01, 1.0, 1000, 1e-5, 2.0
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """(best wall time in seconds, value) over ``repeats`` calls after one warm-up call."""
-    value = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, value
+from _common import DELTA, Q, SIGMA, STEPS, TARGET_EPS, best_time  # noqa: E402
 
 
 def main() -> None:

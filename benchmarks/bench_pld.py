@@ -18,23 +18,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import warnings
 from typing import Callable
 
-Q, SIGMA, STEPS, DELTA, TARGET_EPS = 0.01, 1.0, 1000, 1e-5, 2.0
-REPEATS = 5
-
-
-def best_time(fn: Callable[[], float], repeats: int = REPEATS) -> tuple[float, float]:
-    """(best wall time in seconds, value) over ``repeats`` calls after one warm-up call."""
-    value = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, value
+from _common import DELTA, Q, SIGMA, STEPS, TARGET_EPS, best_time  # noqa: E402
 
 
 def ours_epsilon() -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -36,7 +37,7 @@ _HELP = {
     "rounds": "federated rounds",
     "server_lr": "server learning rate applied to the aggregated delta",
     "server_momentum": "server momentum (FedAvgM); 0 = plain FedAvg",
-    "server_opt": "server optimiser: sgd (FedAvg / FedAvgM with --server-momentum) or adam (FedAdam, Reddi et al. 2021)",
+    "server_opt": "server optimiser: sgd (FedAvg/FedAvgM with --server-momentum) or adam (FedAdam, Reddi et al. 2021)",
     "expected_clients": "--dp client: expected clients per round m; each client joins with Poisson rate m/clients",
     "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn; auto picks by dataset",
     "local_steps": "local (DP-)SGD steps per client per round",
@@ -156,10 +157,17 @@ def run_command(config_file: str | None, resume: bool, **options: Any) -> None:
     click.echo(json.dumps(dataclasses.asdict(summary), indent=2))
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """Warnings (e.g. a client-level δ ≥ 1/clients) as one line on stderr, without the source line."""
+    click.echo(f"fltrain: warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI; bad input → one line on stderr and exit status 2."""
     try:
-        result = cli.main(args=argv, prog_name="fltrain", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            result = cli.main(args=argv, prog_name="fltrain", standalone_mode=False)
     except click.exceptions.ClickException as error:
         click.echo(f"fltrain: error: {error.format_message()}", err=True)
         return 2

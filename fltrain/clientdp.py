@@ -22,7 +22,7 @@ clipping"): ``C`` follows the ``γ``-quantile of the update norms by the geometr
 noise ``σ_b``, and ``b̄ = (Σ(b_i − 1/2) + N(0, σ_b²)) / m + 1/2``. The round therefore releases two Gaussian
 queries about the same sampled clients: the delta sum (sensitivity ``C``, noise ``z_Δ·C``) and the count
 (sensitivity 1/2, noise ``σ_b``). Together they are one Gaussian mechanism with noise multiplier ``z`` where
-``z^{-2} = z_Δ^{-2} + (2σ_b)^{-2}`` (Andrew et al. 2021, Thm. 1), so the accountant sees a single
+``z^{-2} = z_Δ^{-2} + (2σ_b)^{-2}`` (Andrew et al. 2021, Sec. 3), so the accountant sees a single
 Poisson-subsampled Gaussian of multiplier ``z`` per round and the ε it reports covers both releases. Given the
 ``z`` that :func:`dpcalib.calibrate_sigma` returns for the budget, the sum gets
 ``z_Δ = (z^{-2} − (2σ_b)^{-2})^{-1/2}`` (:func:`sum_noise_multiplier`).
@@ -70,7 +70,7 @@ DEFAULT_COUNT_NOISE_FRACTION = 1.0 / 20.0
 def sum_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> float:
     """The noise multiplier ``z_Δ`` left for the delta sum when the clipped-count query has noise ``σ_b``.
 
-    Andrew et al. (2021, Thm. 1): releasing the sum (sensitivity C, noise ``z_Δ·C``) and the count of
+    Andrew et al. (2021, Sec. 3): releasing the sum (sensitivity C, noise ``z_Δ·C``) and the count of
     ``b_i − 1/2`` (sensitivity 1/2, noise ``σ_b``) is one Gaussian mechanism of multiplier ``z`` with
     ``z^{-2} = z_Δ^{-2} + (2σ_b)^{-2}``, hence ``z_Δ = (z^{-2} − (2σ_b)^{-2})^{-1/2}``. Requires ``2σ_b > z``.
     """
@@ -78,7 +78,9 @@ def sum_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> flo
     sb = check_positive("count_noise_std", count_noise_std)
     if 2.0 * sb <= z:
         raise InvalidArgumentError(
-            "count_noise_std", count_noise_std, f"> noise_multiplier/2 = {z / 2:.6g} (the count would use all the noise)"
+            "count_noise_std",
+            count_noise_std,
+            f"> noise_multiplier/2 = {z / 2:.6g} (the count would use all the noise)",
         )
     # log space: z^{-2} - (2 sb)^{-2} = z^{-2} (1 - (z / 2sb)^2)
     return z / math.sqrt(-math.expm1(2.0 * math.log(z / (2.0 * sb))))
@@ -274,7 +276,9 @@ class ClientDPAggregator:
         """The clip norm the next round uses."""
         return self.adaptive.clip if self.adaptive is not None else self._clip
 
-    def aggregate(self, updates: ClientUpdates | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def aggregate(
+        self, updates: ClientUpdates | torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The noisy mean update of one round (the aggregation step of :class:`fltrain.fedavg.FedAvgServer`).
 
         ``updates`` holds the deltas (k, d) of the sampled clients (``k`` may be 0); client weights are not used,

@@ -6,16 +6,17 @@ Two modes:
 - sample-level DP (:class:`SecureWeightedMean`): each client masks ``w_k Δ_k``, its DP-SGD delta weighted by
   ``n_k / Σ n_j``; the accounting is unchanged (the noise is in each client's DP-SGD);
 - client-level DP (:class:`SecureClientDPAggregator`): *distributed* DP. Each client clips its delta to ``C`` and
-  adds its share of the noise, ``N(0, (z_Δ·C)²/t)``, before masking, where ``t`` is the protocol's threshold: a
-  round that completes has at least ``t`` survivors (fewer abort), so the sum carries noise of variance at least
-  ``(z_Δ·C)²`` — the calibrated noise — whatever the dropouts, and also if up to ``K − t`` of the ``K`` clients
-  skip their share. With every client present the variance is ``K/t`` times the calibrated one (≈ 1.5 with the
-  default threshold): the price of that conservatism. The count of adaptive clipping travels as one more
+  adds its share of the noise, ``N(0, (z_Δ·C)²/t)``, before masking, where ``t = ⌊2K/3⌋ + 1`` is the round's
+  ``min_survivors``: a round that completes has at least ``t`` survivors (fewer abort), so the sum carries noise
+  of variance at least ``(z_Δ·C)²`` — the calibrated noise — whatever the dropouts, and also if up to ``K − t`` of
+  the ``K`` clients skip their share. With every client present the variance is ``K/t ≈ 1.5`` times the
+  calibrated one: the price of that conservatism. The count of adaptive clipping travels as one more
   coordinate with noise ``N(0, σ_b²/t)`` per client.
 
 Each round's clients run one protocol session (fresh keys), ids ``1..K`` in the order of the round. With at most
 ``sparse_above`` clients the graph is complete (SecAgg); above, a random Harary graph of degree
-:func:`secagg_plus_degree` (SecAgg+). The threshold is ``⌊2·holders/3⌋ + 1``: a third of a neighbourhood may drop.
+:func:`secagg_plus_degree` (SecAgg+). The threshold is ``⌊2·holders/3⌋ + 1`` (a third of a neighbourhood may drop)
+and a round of K clients aborts with fewer than ``⌊2K/3⌋ + 1`` masked inputs.
 
 Fixed point: coordinates in ``[-coordinate_range, coordinate_range]`` with ``frac_bits`` fractional bits; the
 decoded sum of K vectors is within ``K·2^-(frac_bits+1)`` of the float sum (:mod:`.encoding`). A coordinate outside
@@ -77,10 +78,15 @@ class SecureSum:
         return harary_graph(ids, secagg_plus_degree(k), random.SystemRandom())
 
     def threshold(self, k: int) -> int:
-        """The threshold ``t = ⌊2·holders/3⌋ + 1`` of a round of ``k`` clients (holders: ``k`` with the complete
-        graph, degree + 1 with SecAgg+); a completed round has at least ``t`` survivors."""
+        """The Shamir threshold ``t = ⌊2·holders/3⌋ + 1`` of a round of ``k`` clients (holders: ``k`` with the
+        complete graph, degree + 1 with SecAgg+)."""
         holders = k if k <= self.sparse_above else secagg_plus_degree(k) + 1
         return 2 * holders // 3 + 1
+
+    @staticmethod
+    def min_survivors(k: int) -> int:
+        """``⌊2k/3⌋ + 1``: a round of ``k`` clients whose sum covers fewer inputs aborts (whatever the graph)."""
+        return 2 * k // 3 + 1
 
     def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
         """The sum over rows of ``vectors`` (K, P), K ≥ 2, computed by the protocol; float64 (P,)."""
@@ -94,7 +100,7 @@ class SecureSum:
             warnings.warn(f"{outside} coordinates outside ±{self.coordinate_range} were clipped before secure "
                           "aggregation", SecAggRangeWarning, stacklevel=2)
         params = SecAggParams(data.shape[1], FixedPoint(self.coordinate_range, self.frac_bits, k),
-                              threshold=self.threshold(k))
+                              threshold=self.threshold(k), min_survivors=self.min_survivors(k))
         result, _ = run_secure_aggregation({u: data[u - 1] for u in range(1, k + 1)}, params, graph=self._graph(k))
         return torch.from_numpy(result.total)
 
@@ -123,7 +129,8 @@ class SecureClientDPAggregator(ClientDPAggregator):
     for adaptive clipping, same accounting), but the clipping and the noise happen on the clients and the server
     sees only the masked sum (see the module docstring for the noise shares). Rounds with one sampled client send
     that client's vector with the full noise (``t = 1``: it is the DP release itself); rounds with none let the
-    server add the noise, as there is nothing to hide from it.
+    server add the noise, as there is nothing to hide from it. A round that aborts (fewer than ``t`` survivors)
+    raises :class:`fltrain.secagg.TooFewClientsError` and releases nothing.
 
     The fixed-point range of a round is ``max(C, 1/2) + NOISE_RANGE_SIGMAS · (largest per-client noise std)``.
     """
@@ -138,7 +145,7 @@ class SecureClientDPAggregator(ClientDPAggregator):
         k = clipped.shape[0]
         if k == 0:
             return super()._noisy_sums(clipped, below, clip, generator)
-        t = 1 if k == 1 else self.secure_sum.threshold(k)
+        t = 1 if k == 1 else self.secure_sum.min_survivors(k)
         stds = torch.full((self.dim,), self.sum_noise_multiplier * clip, dtype=torch.float64)
         columns = clipped
         if self.adaptive is not None:

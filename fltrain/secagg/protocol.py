@@ -85,15 +85,21 @@ class SecAggParams:
         threshold: ``t``, the number of share holders needed to reconstruct a secret; with the complete graph a
             round survives ``n - t`` dropouts. Must exceed half of each client's holders (the client itself and
             its neighbours), so that no minority can reconstruct.
+        min_survivors: the server also aborts when fewer clients than this send a masked input, so that a sum,
+            when there is one, covers at least ``min_survivors`` inputs (default 1: only the threshold rule).
+            With the complete graph ``t`` survivors are implied; with SecAgg+ the per-neighbourhood rule alone
+            allows much smaller sums, and distributed DP needs a floor on the number of noise shares.
     """
 
     dim: int
     codec: FixedPoint
     threshold: int
+    min_survivors: int = 1
 
     def __post_init__(self) -> None:
         check_count("dim", self.dim, minimum=1)
         check_count("threshold", self.threshold, minimum=1)
+        check_count("min_survivors", self.min_survivors, minimum=1)
 
 
 def new_session() -> bytes:
@@ -304,6 +310,8 @@ class Server:
         alive = set(self._inbox[stage])
         owners = alive if stage < 2 else set(self._inbox[1])
         self._check(stage, owners, alive)
+        if len(alive) < self.params.min_survivors:
+            raise TooFewClientsError(STAGES[stage], len(alive), self.params.min_survivors, "min_survivors")
         self._stage += 1
         s = self.session
         if stage == 0:

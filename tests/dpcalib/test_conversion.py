@@ -101,3 +101,13 @@ def test_bad_arguments_are_named(call, name):
     with pytest.raises(InvalidArgumentError) as info:
         call()
     assert info.value.name == name
+
+
+def test_order_search_converges_so_epsilon_is_monotone_in_steps():
+    # Regression: a fixed local grid around the best order moved with the optimum, and gave
+    # ε(q=1e-4, σ=1.0625, 581 steps) = 0.382869 > ε(727 steps) = 0.382670. The converged search is monotone.
+    from dpcalib import epsilon
+
+    shorter = epsilon(sigma=1.0625, q=1e-4, steps=581, delta=1e-5)
+    longer = epsilon(sigma=1.0625, q=1e-4, steps=727, delta=1e-5)
+    assert shorter < longer

@@ -19,6 +19,7 @@ from fltrain.clientdp import (
     poisson_sample_clients,
     sum_noise_multiplier,
 )
+from fltrain.cli import main
 from fltrain.config import RunConfig
 from fltrain.privacy import ClientDeltaWarning, PrivacyLedger, default_client_delta, resolve_client_delta
 from fltrain.run import CHECKPOINT, METRICS, Progress, run
@@ -303,3 +304,16 @@ def test_client_dp_fedavg_learns_mnist_over_200_clients(data_root, tmp_path) -> 
     assert private.epsilon is not None and private.epsilon <= 8.0 and private.rounds_completed == 12
     assert plain.test_accuracy > 0.8
     assert private.test_accuracy > 0.7
+
+
+def test_cli_warns_in_one_line_when_delta_is_at_least_one_over_clients(data_root, tmp_path, capsys) -> None:
+    out = tmp_path / "o"
+    code = main(["run", "--dp", "client", "--dataset", "mnist", "--train-samples", "300", "--test-samples", "100",
+                 "--clients", "10", "--expected-clients", "5", "--rounds", "1", "--local-steps", "1", "--batch-size",
+                 "5", "--delta", "0.2", "--eps", "8", "--model", "logreg", "--data-dir", str(data_root),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert warning == [warning[0]] and warning[0].startswith("fltrain: warning: delta=0.2 >= 1/clients")
+    assert json.loads((out / METRICS).read_text())["delta"] == 0.2

@@ -256,6 +256,22 @@ def test_cumulative_dropouts_over_stages_abort():
         run_secure_aggregation(_inputs(8), params, dropouts={"share_keys": {1, 2}, "unmasking": {3, 4}})
 
 
+def test_sparse_round_aborts_below_min_survivors():
+    n = 40
+    graph = harary_graph(range(1, n + 1), 8, random.Random(5))
+    drop: set[int] = set()
+    for u in sorted(graph):  # spread the dropouts so that every neighbourhood keeps t = 6 of its 9 holders
+        if all(len((graph[v] | {v}) - drop - {u}) >= 6 for v in graph):
+            drop.add(u)
+    assert len(drop) >= 5
+    params = _params(n, threshold=6)
+    result, _ = run_secure_aggregation(_inputs(n), params, graph=graph, dropouts={"masked_input": drop})
+    assert len(result.survivors) == n - len(drop)  # the per-neighbourhood rule alone accepts this sum
+    params = dataclasses.replace(params, min_survivors=n - len(drop) + 1)
+    with pytest.raises(TooFewClientsError, match="min_survivors"):
+        run_secure_aggregation(_inputs(n), params, graph=graph, dropouts={"masked_input": drop})
+
+
 def test_threshold_must_be_a_majority_of_holders():
     with pytest.raises(InvalidArgumentError, match="threshold"):
         Server(_params(10, threshold=5), complete_graph(range(1, 11)))

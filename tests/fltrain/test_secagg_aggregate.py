@@ -75,7 +75,7 @@ def _client_dp(cls, *, z: float, adaptive: bool = False, dim: int = 4000, m: flo
 def test_distributed_noise_has_at_least_the_calibrated_variance():
     k, z, dim, m = 6, 1.3, 4000, 6.0
     agg = _client_dp(SecureClientDPAggregator, z=z, dim=dim, m=m)
-    t = agg.secure_sum.threshold(k)
+    t = agg.secure_sum.min_survivors(k)
     assert t == 5  # ⌊2·6/3⌋ + 1: the round aborts below 5 survivors
     noise = agg.aggregate(torch.zeros(k, dim), generator=torch.Generator().manual_seed(0)).double() * m
     # each of the k clients adds N(0, (zC)²/t): total variance k/t·(zC)² ≥ (zC)² = the accountant's
@@ -103,6 +103,14 @@ def test_distributed_dp_sum_and_count_match_the_central_ones_without_noise():
     assert 0 < below < k
     assert fraction == pytest.approx((below - 0.5 * k) / 5.0 + 0.5, abs=1e-6)
     assert secure.clip == pytest.approx(central.clip)
+
+
+def test_secagg_plus_rounds_have_the_same_noise_floor():
+    k, z, dim = 80, 1.0, 3000  # > sparse_above: SecAgg+ (threshold 15 of 21 holders), still ≥ 54 survivors
+    agg = _client_dp(SecureClientDPAggregator, z=z, dim=dim, m=80.0)
+    assert agg.secure_sum.threshold(k) < agg.secure_sum.min_survivors(k) == 54
+    noise = agg.aggregate(torch.zeros(k, dim), generator=torch.Generator().manual_seed(4)).double() * 80.0
+    assert abs(float(noise.var()) / (k / 54 * z**2) - 1) < 5 * (2 / dim) ** 0.5
 
 
 @pytest.mark.parametrize("k", [0, 1])

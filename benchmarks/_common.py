@@ -1,0 +1,22 @@
+"""What the dpcalib benchmarks share: the mission's numbers and a best-of-N timer."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+#: the mission: the smallest σ for (ε = 2, δ = 1e-5) over 1000 steps at q = 0.01; ε is timed at σ = 1
+Q, SIGMA, STEPS, DELTA, TARGET_EPS = 0.01, 1.0, 1000, 1e-5, 2.0
+
+
+def best_time(fn: Callable[[], T], repeats: int = 5) -> tuple[float, T]:
+    """(best wall time in seconds, value) over ``repeats`` calls after one warm-up call."""
+    value = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, value
