@@ -278,8 +278,12 @@ class PoissonSampler:
         self.index = torch.zeros(len(members), width, dtype=torch.int64)
         for k, m in enumerate(members):
             self.index[k, : len(m)] = m
+        # torch.rand(float32) draws multiples of 2^-24, so P(U < t) = ceil(t·2^24)/2^24: rounding the rate DOWN to
+        # a multiple of 2^-24 makes every record's inclusion probability at most the q the accountant charges
+        grid = 2.0**24
+        rounded = torch.floor(rates.to(torch.float64) * grid) / grid
         self.thresholds = torch.where(
-            torch.arange(width).unsqueeze(0) < sizes.unsqueeze(1), rates.unsqueeze(1).to(torch.float32), -1.0
+            torch.arange(width).unsqueeze(0) < sizes.unsqueeze(1), rounded.unsqueeze(1).to(torch.float32), -1.0
         )
 
     def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -157,6 +157,16 @@ def test_micro_batches_give_the_same_clipped_sum():
     torch.testing.assert_close(loss_whole, loss_parts)
 
 
+def test_poisson_inclusion_probability_never_exceeds_the_accounted_rate():
+    rates = torch.tensor([0.1, 0.01, 1 / 3, 1.0], dtype=torch.float64)
+    sampler = PoissonSampler([torch.arange(5)] * 4, rates)
+    # U ~ torch.rand(float32) takes the values k / 2^24, so P(U < t) = ceil(t · 2^24) / 2^24
+    probability = torch.ceil(sampler.thresholds[:, 0].double() * 2**24) / 2**24
+    assert bool((probability <= rates).all())
+    assert bool((rates - probability < 2**-24).all())
+    assert float(torch.tensor(0.1, dtype=torch.float32)) > 0.1  # a plain float32 cast would round 0.1 up
+
+
 def test_poisson_batch_sizes_have_binomial_mean_and_variance():
     members = [torch.arange(1000), torch.arange(1000, 1400)]
     rates = torch.tensor([0.05, 0.2])
