@@ -22,7 +22,9 @@ from fltrain.clientdp import (
 from fltrain.cli import main
 from fltrain.config import RunConfig
 from fltrain.privacy import ClientDeltaWarning, PrivacyLedger, default_client_delta, resolve_client_delta
-from fltrain.run import CHECKPOINT, METRICS, Progress, run
+from fltrain.run import CHECKPOINT, METRICS, run
+
+from .runs import StopAt, metrics, without_timing
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -250,36 +252,21 @@ CLIENT_RUN = dict(dataset="mnist", train_samples=1500, test_samples=300, clients
                   clip=0.5, adaptive_clip=True, server_opt="adam", server_lr=0.01, seed=3)
 
 
-class _StopAt(Progress):
-    def __init__(self, round_index: int) -> None:
-        self.round_index = round_index
-
-    def round_started(self, round_index: int, rounds: int, local_steps: int) -> None:
-        if round_index == self.round_index:
-            raise KeyboardInterrupt
-
-
-def _rows(out) -> list[dict]:
-    return [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
-
-
 def test_client_dp_run_resumes_exactly_with_clip_optimiser_and_ledger(data_root, tmp_path) -> None:
     whole = RunConfig(**CLIENT_RUN, data_dir=str(data_root), out=str(tmp_path / "whole"))
     summary = run(whole)
     cut = RunConfig(**CLIENT_RUN, data_dir=str(data_root), out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
-        run(cut, progress=_StopAt(3))
+        run(cut, progress=StopAt(3))
     resumed = run(cut, resume=True)
     a = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
     assert torch.equal(a["server"]["params"], b["server"]["params"])
     assert torch.equal(a["server"]["optimizer"]["v"], b["server"]["optimizer"]["v"])
     assert a["aggregator"] == b["aggregator"] and a["ledger"] == b["ledger"]
-    timing = ("seconds", "cpu_seconds", "elapsed")
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
-    assert strip(_rows(tmp_path / "whole")) == strip(_rows(tmp_path / "cut"))
+    assert without_timing(metrics(tmp_path / "whole")) == without_timing(metrics(tmp_path / "cut"))
     assert resumed.test_accuracy == summary.test_accuracy
-    rows = _rows(tmp_path / "whole")
+    rows = metrics(tmp_path / "whole")
     # the ledger: one Poisson-sampled Gaussian per round at q = 10/30, δ = 1/30^1.1 by default
     z, delta = rows[0]["sigma"], rows[0]["delta"]
     assert delta == pytest.approx(30**-1.1)

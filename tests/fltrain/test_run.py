@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from fltrain.config import ConfigError, RunConfig
-from fltrain.run import CHECKPOINT, METRICS, Progress, run
+from fltrain.run import CHECKPOINT, run
+
+from .runs import StopAt, metrics, without_timing
 
 SMALL = dict(dataset="mnist", train_samples=1500, test_samples=300, clients=3, partition="shards",
              shards_per_client=2, rounds=3, local_steps=4, batch_size=40, lr=0.1, seed=7)
@@ -20,23 +22,6 @@ def _config(data_root, out, **overrides) -> RunConfig:
     return RunConfig(**values)
 
 
-class _StopAt(Progress):
-    def __init__(self, round_index: int) -> None:
-        self.round_index = round_index
-
-    def round_started(self, round_index: int, rounds: int, local_steps: int) -> None:
-        if round_index == self.round_index:
-            raise KeyboardInterrupt
-
-
-def _metrics(out) -> list[dict]:
-    return [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
-
-
-def _without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in ("seconds", "cpu_seconds", "elapsed")} for row in rows]
-
-
 @pytest.mark.parametrize("dp", ["none", "sample"])
 def test_resume_after_interruption_equals_uninterrupted_run(data_root, tmp_path, dp):
     whole = _config(data_root, tmp_path / "whole", dp=dp)
@@ -44,21 +29,21 @@ def test_resume_after_interruption_equals_uninterrupted_run(data_root, tmp_path,
     assert summary.rounds_completed == 3
     cut = _config(data_root, tmp_path / "cut", dp=dp)
     with pytest.raises(KeyboardInterrupt):
-        run(cut, progress=_StopAt(3))
-    assert [row["round"] for row in _metrics(tmp_path / "cut")] == [1, 2]
+        run(cut, progress=StopAt(3))
+    assert [row["round"] for row in metrics(tmp_path / "cut")] == [1, 2]
     resumed = run(cut, resume=True)
     a = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
     assert torch.equal(a["server"]["params"], b["server"]["params"])
     assert torch.equal(a["generator"], b["generator"])
     assert a["ledger"] == b["ledger"]
-    assert _without_timing(_metrics(tmp_path / "whole")) == _without_timing(_metrics(tmp_path / "cut"))
+    assert without_timing(metrics(tmp_path / "whole")) == without_timing(metrics(tmp_path / "cut"))
     assert resumed.test_accuracy == summary.test_accuracy
 
 
 def test_metrics_lines_have_the_promised_keys(data_root, tmp_path):
     run(_config(data_root, tmp_path / "o", dp="none", rounds=2))
-    rows = _metrics(tmp_path / "o")
+    rows = metrics(tmp_path / "o")
     assert [r["round"] for r in rows] == [1, 2]
     for row in rows:
         assert {"round", "train_loss", "test_accuracy", "epsilon", "delta", "sigma", "seconds"} <= set(row)
@@ -87,7 +72,7 @@ def test_ledger_in_metrics_equals_dpcalib_and_explicit_sigma_stops_at_the_budget
     sigma = dpcalib.calibrate_sigma(eps=4.0, delta=1e-5, q=q, steps=8)  # enough for 2 rounds of 4 steps, not 3
     summary = run(_config(data_root, tmp_path / "o", dp="sample", sigma=sigma))
     assert summary.stopped_by_budget and summary.rounds_completed == 2
-    rows = _metrics(tmp_path / "o")
+    rows = metrics(tmp_path / "o")
     assert [row["round"] for row in rows] == [1, 2]
     for row in rows:
         expected = dpcalib.epsilon(sigma=sigma, q=q, steps=4 * row["round"], delta=1e-5)
@@ -107,7 +92,7 @@ def test_end_to_end_dp_fedavg_on_real_mnist_learns_within_budget(data_root, tmp_
                  "--momentum", "0.5", "--eps", "4", "--delta", "1e-5", "--seed", "1"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    rows = _metrics(out)
+    rows = metrics(out)
     assert [row["round"] for row in rows] == [1, 2, 3]
     assert 0 < rows[0]["epsilon"] < rows[-1]["epsilon"] == summary["epsilon"] <= 4.0
     assert summary["test_accuracy"] == rows[-1]["test_accuracy"] > 0.6  # chance is 0.1
