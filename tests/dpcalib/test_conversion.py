@@ -111,3 +111,13 @@ def test_order_search_converges_so_epsilon_is_monotone_in_steps():
     shorter = epsilon(sigma=1.0625, q=1e-4, steps=581, delta=1e-5)
     longer = epsilon(sigma=1.0625, q=1e-4, steps=727, delta=1e-5)
     assert shorter < longer
+
+
+def test_order_search_converges_at_the_foot_of_the_rdp_cliff():
+    # At q = 1e-4, σ = 4 the RDP curve rises 100-fold between α = 294 and 296 (the top binomial term wakes up) and
+    # the optimum sits at the foot of that cliff; parabolic steps stopped early there and gave
+    # ε(16 steps) = 0.0164463948 > ε(17 steps) = 0.0164463591. Even subdivision converges.
+    from dpcalib import epsilon
+
+    assert epsilon(sigma=4.0, q=1e-4, steps=16, delta=1e-5) < epsilon(sigma=4.0, q=1e-4, steps=17, delta=1e-5)
+    assert epsilon(sigma=4.0, q=1e-4, steps=33, delta=1e-5) < epsilon(sigma=4.0, q=1.015625e-4, steps=33, delta=1e-5)
