@@ -113,38 +113,21 @@ def calibrate_sigma_for(
     """
     eps, delta, rtol = _check_target(eps, delta, rtol)
     excess = _excess(lambda x: make_event(math.exp(x)), eps, delta, accountant, options)
-    x, step = 0.0, _SIGMA_FIRST_STEP
-    if excess(x) > 0.0:
-        lo = x
-        while True:
-            x, step = x + step, 2.0 * step
-            if x > math.log(SIGMA_MAX):
-                x = math.log(SIGMA_MAX)
-                if excess(x) > 0.0:
-                    raise UnreachableTargetError(
-                        f"eps={eps:g} at delta={delta:g} cannot be met with any noise multiplier up to sigma={SIGMA_MAX:g}"
-                    )
-                break
-            if excess(x) <= 0.0:
-                break
-            lo = x
-        hi = x
+    if excess(0.0) > 0.0:
+        bracket = _walk(excess, start=0.0, limit=math.log(SIGMA_MAX), first_step=_SIGMA_FIRST_STEP, growth=2.0)
+        if bracket is None:
+            raise UnreachableTargetError(
+                f"eps={eps:g} at delta={delta:g} cannot be met with any noise multiplier up to sigma={SIGMA_MAX:g}"
+            )
+        lo, hi = bracket
     else:
-        hi = x
-        while True:
-            x, step = x - step, 2.0 * step
-            if x < math.log(SIGMA_MIN):
-                x = math.log(SIGMA_MIN)
-                if excess(x) <= 0.0:
-                    raise UnreachableTargetError(
-                        f"eps={eps:g} at delta={delta:g} is met even with sigma={SIGMA_MIN:g}: the target does not "
-                        "constrain the noise (is eps meant to be this large?)"
-                    )
-                break
-            if excess(x) > 0.0:
-                break
-            hi = x
-        lo = x
+        bracket = _walk(excess, start=0.0, limit=math.log(SIGMA_MIN), first_step=_SIGMA_FIRST_STEP, growth=2.0)
+        if bracket is None:
+            raise UnreachableTargetError(
+                f"eps={eps:g} at delta={delta:g} is met even with sigma={SIGMA_MIN:g}: the target does not "
+                "constrain the noise (is eps meant to be this large?)"
+            )
+        hi, lo = bracket
     return math.exp(_conservative_root(excess, ok=hi, bad=lo, rtol=rtol))
 
 
@@ -159,21 +142,13 @@ def calibrate_q(
     excess = _excess(lambda x: dpsgd_event(sigma=sigma, q=min(math.exp(x), 1.0), steps=steps), eps, delta, accountant, options)
     if excess(0.0) <= 0.0:
         return 1.0
-    bad = 0.0
-    x = 0.0
-    while True:
-        x -= math.log(2.0)
-        if x < math.log(Q_MIN):
-            x = math.log(Q_MIN)
-            if excess(x) > 0.0:
-                raise UnreachableTargetError(
-                    f"eps={eps:g} at delta={delta:g} cannot be met for {steps} steps at sigma={sigma:g} even with q={Q_MIN:g}"
-                )
-            break
-        if excess(x) <= 0.0:
-            break
-        bad = x
-    return min(math.exp(_conservative_root(excess, ok=x, bad=bad, rtol=rtol)), 1.0)
+    bracket = _walk(excess, start=0.0, limit=math.log(Q_MIN), first_step=math.log(2.0), growth=1.0)  # halve q
+    if bracket is None:
+        raise UnreachableTargetError(
+            f"eps={eps:g} at delta={delta:g} cannot be met for {steps} steps at sigma={sigma:g} even with q={Q_MIN:g}"
+        )
+    bad, ok = bracket
+    return min(math.exp(_conservative_root(excess, ok=ok, bad=bad, rtol=rtol)), 1.0)
 
 
 def calibrate_steps(
@@ -246,6 +221,27 @@ def _excess(
         return seen[x]
 
     return excess
+
+
+def _walk(
+    excess: Callable[[float], float], *, start: float, limit: float, first_step: float, growth: float
+) -> tuple[float, float] | None:
+    """Step from ``start`` toward ``limit`` (steps of ``first_step``, each ``growth`` times the last; the last one
+    clamped to ``limit``) until whether the target is met (excess ≤ 0) differs from ``start``'s. Returns (the last
+    point on ``start``'s side, the first point on the other), or None if ``limit`` is reached with no change."""
+    met = excess(start) <= 0.0
+    direction = math.copysign(1.0, limit - start)
+    previous, x, step = start, start, first_step
+    while True:
+        x += direction * step
+        step *= growth
+        if direction * (x - limit) >= 0.0:
+            x = limit
+        if (excess(x) <= 0.0) != met:
+            return previous, x
+        if x == limit:
+            return None
+        previous = x
 
 
 def _conservative_root(excess: Callable[[float], float], *, ok: float, bad: float, rtol: float) -> float:
