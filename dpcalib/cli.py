@@ -201,7 +201,7 @@ def epsilon(sigma_: float, delta: float, q, steps, epochs, dataset_size, batch_s
 
 @cli.command(context_settings=_CONTEXT)
 @click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
-@click.option("--eps", type=float, required=True, help="epsilon (>= 0).")
+@click.option("--eps", type=float, required=True, help="epsilon (> 0).")
 @_plan_options
 @_common_options
 def delta(sigma_: float, eps: float, q, steps, epochs, dataset_size, batch_size, accountant: str, as_json: bool) -> None:
