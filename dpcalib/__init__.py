@@ -50,6 +50,7 @@ from .events import (
     event_from_dict,
     event_to_dict,
 )
+from . import validation
 from .rdp import DEFAULT_ORDERS, gaussian_rdp, poisson_gaussian_rdp, without_replacement_gaussian_rdp
 
 __version__ = "0.1.0"
@@ -92,6 +93,8 @@ __all__ = [
     "rdp_to_delta",
     "optimise_epsilon",
     "optimise_delta",
+    # argument validation (for callers such as fltrain)
+    "validation",
     # errors
     "DpcalibError",
     "InvalidArgumentError",

@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import pld, rdp
 from .conversion import METHODS, Conversion, optimise_delta, optimise_epsilon
-from .errors import InvalidArgumentError, UnsupportedEventError, check_count, check_open_unit, check_positive
+from .errors import InvalidArgumentError, UnsupportedEventError
 from .events import (
     Composed,
     Event,
@@ -36,6 +36,7 @@ from .events import (
     event_from_dict,
     event_to_dict,
 )
+from . import validation as check
 
 __all__ = [
     "Accountant",
@@ -177,7 +178,7 @@ class RdpAccountant(Accountant):
         self.refine = bool(refine)
 
     def compose(self, event: Event, count: int = 1) -> "RdpAccountant":
-        count = check_count("count", count)
+        count = check.count("count", count)
         for leaf in leaf_counts(event):
             self._check_leaf(leaf)
         self._record(event, count)
@@ -319,13 +320,13 @@ class PldAccountant(Accountant):
                 "use accountant='rdp' for replace-one and sampling without replacement"
             )
         if value_discretization_interval is not None:
-            value_discretization_interval = check_positive("value_discretization_interval", value_discretization_interval)
+            value_discretization_interval = check.positive("value_discretization_interval", value_discretization_interval)
         self.value_discretization_interval = value_discretization_interval
         self._rdp = RdpAccountant(neighbouring=self.neighbouring)
         self._distribution: pld.SubsampledGaussianPld | None = None
 
     def compose(self, event: Event, count: int = 1) -> "PldAccountant":
-        count = check_count("count", count)
+        count = check.count("count", count)
         for leaf in leaf_counts(event):
             _pld_phase(leaf, 1)
         self._rdp.compose(event, count)
@@ -349,14 +350,14 @@ class PldAccountant(Accountant):
 
     def epsilon(self, delta: float) -> float:
         """min(PLD ε, RDP ε) at ``delta``: an upper bound (0 if nothing was composed)."""
-        delta = check_open_unit("delta", delta)
+        delta = check.open_unit("delta", delta)
         if not self.history:
             return 0.0
         return min(self.distribution().epsilon(delta), self._rdp._convert_epsilon(delta, warn=False).value)
 
     def delta(self, eps: float) -> float:
         """min(PLD δ, RDP δ) at ``eps``: an upper bound (0 if nothing was composed)."""
-        eps = check_positive("eps", eps)
+        eps = check.positive("eps", eps)
         if not self.history:
             return 0.0
         return min(self.distribution().delta(eps), self._rdp.delta(eps))

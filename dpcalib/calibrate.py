@@ -23,12 +23,9 @@ from .errors import (
     InvalidArgumentError,
     OrderRangeWarning,
     UnreachableTargetError,
-    check_count,
-    check_open_unit,
-    check_positive,
-    check_rate,
 )
 from .events import Event, dpsgd_event
+from . import validation as check
 
 __all__ = [
     "SIGMA_MIN",
@@ -57,13 +54,13 @@ _SIGMA_FIRST_STEP = 0.05
 
 def event_epsilon(event: Event, *, delta: float, accountant: str = "rdp", **options: Any) -> float:
     """ε(δ) of ``event`` under the named accountant (an upper bound; see that accountant's docstring)."""
-    delta = check_open_unit("delta", delta)
+    delta = check.open_unit("delta", delta)
     return make_accountant(accountant, **options).compose(event).epsilon(delta)
 
 
 def event_delta(event: Event, *, eps: float, accountant: str = "rdp", **options: Any) -> float:
     """δ(ε) of ``event`` under the named accountant (an upper bound)."""
-    eps = check_positive("eps", eps)
+    eps = check.positive("eps", eps)
     return make_accountant(accountant, **options).compose(event).delta(eps)
 
 
@@ -86,8 +83,8 @@ def calibrate_sigma(
 ) -> float:
     """The smallest noise multiplier σ (to relative tolerance ``rtol``) with ε(σ) ≤ ``eps`` at ``delta`` for
     ``steps`` DP-SGD steps with Poisson rate ``q``. The σ returned is verified: ε(σ) ≤ eps."""
-    q = check_rate("q", q)
-    steps = check_count("steps", steps)
+    q = check.rate("q", q)
+    steps = check.count("steps", steps)
     return calibrate_sigma_for(
         lambda sigma: dpsgd_event(sigma=sigma, q=q, steps=steps),
         eps=eps,
@@ -137,8 +134,8 @@ def calibrate_q(
     """The largest Poisson rate q ≤ 1 (to relative tolerance ``rtol``) with ε ≤ ``eps`` for ``steps`` steps at
     noise ``sigma``; 1.0 if even q = 1 meets the target. Verified: ε(q) ≤ eps."""
     eps, delta, rtol = _check_target(eps, delta, rtol)
-    sigma = check_positive("sigma", sigma)
-    steps = check_count("steps", steps)
+    sigma = check.positive("sigma", sigma)
+    steps = check.count("steps", steps)
     excess = _excess(lambda x: dpsgd_event(sigma=sigma, q=min(math.exp(x), 1.0), steps=steps), eps, delta, accountant, options)
     if excess(0.0) <= 0.0:
         return 1.0
@@ -159,8 +156,8 @@ def calibrate_steps(
     Doubling then integer bisection; the count returned has been evaluated and meets the target.
     """
     eps, delta, _ = _check_target(eps, delta, 1e-6)
-    sigma = check_positive("sigma", sigma)
-    q = check_rate("q", q)
+    sigma = check.positive("sigma", sigma)
+    q = check.rate("q", q)
 
     def fits(steps: int) -> bool:
         return _quiet_epsilon(dpsgd_event(sigma=sigma, q=q, steps=steps), delta, accountant, options) <= eps
@@ -189,13 +186,13 @@ def calibrate_steps(
 
 
 def _dpsgd(sigma: float, q: float, steps: int) -> Event:
-    return dpsgd_event(sigma=check_positive("sigma", sigma), q=check_rate("q", q), steps=check_count("steps", steps))
+    return dpsgd_event(sigma=check.positive("sigma", sigma), q=check.rate("q", q), steps=check.count("steps", steps))
 
 
 def _check_target(eps: float, delta: float, rtol: float) -> tuple[float, float, float]:
-    eps = check_positive("eps", eps)
-    delta = check_open_unit("delta", delta)
-    rtol = check_positive("rtol", rtol)
+    eps = check.positive("eps", eps)
+    delta = check.open_unit("delta", delta)
+    rtol = check.positive("rtol", rtol)
     if rtol > 0.1:
         raise InvalidArgumentError("rtol", rtol, "in (0, 0.1]")
     return eps, delta, rtol

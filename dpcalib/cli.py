@@ -23,8 +23,9 @@ import click
 from . import __version__
 from .accountant import ACCOUNTANTS, make_accountant
 from .calibrate import calibrate_sigma, calibrate_steps
-from .errors import DpcalibError, InvalidArgumentError, check_count, check_positive, check_rate
+from .errors import DpcalibError, InvalidArgumentError
 from .events import dpsgd_event
+from . import validation as check
 
 __all__ = ["cli", "main", "run"]
 
@@ -49,8 +50,8 @@ class Plan:
 
 
 def _rate_from(dataset_size: int | None, batch_size: int | None) -> tuple[int, int]:
-    n = check_count("dataset-size", dataset_size)
-    b = check_count("batch-size", batch_size)
+    n = check.count("dataset-size", dataset_size)
+    b = check.count("batch-size", batch_size)
     if b > n:
         raise InvalidArgumentError("batch-size", b, f"an integer in [1, dataset-size={n}]")
     return n, b
@@ -71,7 +72,7 @@ def make_plan(
             if epochs is not None:
                 raise InvalidArgumentError("epochs", epochs, "omitted here (this command finds the number of steps)")
             return Plan(q=b / n, steps=0, dataset_size=n, batch_size=b)
-        e = check_positive("epochs", epochs)
+        e = check.positive("epochs", epochs)
         # E·N/B steps, in exact arithmetic on the decimal the user wrote, rounded up: never undercounting
         steps_needed = math.ceil(Fraction(repr(e)) * n / b)
         return Plan(q=b / n, steps=max(steps_needed, 1), epochs=e, dataset_size=n, batch_size=b)
@@ -81,12 +82,12 @@ def make_plan(
             "--dataset-size and --batch-size instead of --q"
         )
         raise click.UsageError(f"Missing option '{missing}' (or give {instead}).")
-    rate = check_rate("q", q)
+    rate = check.rate("q", q)
     if not need_steps:
         if steps is not None:
             raise InvalidArgumentError("steps", steps, "omitted here (this command finds the number of steps)")
         return Plan(q=rate, steps=0)
-    return Plan(q=rate, steps=check_count("steps", steps))
+    return Plan(q=rate, steps=check.count("steps", steps))
 
 
 def _plan_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -190,7 +191,7 @@ def epsilon(sigma_: float, delta: float, q, steps, epochs, dataset_size, batch_s
       dpcalib epsilon --sigma 1.0 --delta 1e-5 --q 0.01 --steps 1000
     """
     plan = make_plan(q, steps, epochs, dataset_size, batch_size)
-    s = check_positive("sigma", sigma_)
+    s = check.positive("sigma", sigma_)
     achieved, order = _epsilon_and_order(accountant, s, plan, delta)
     _emit(
         as_json,
@@ -212,8 +213,8 @@ def delta(sigma_: float, eps: float, q, steps, epochs, dataset_size, batch_size,
       dpcalib delta --sigma 1.0 --eps 2 --q 0.01 --steps 1000
     """
     plan = make_plan(q, steps, epochs, dataset_size, batch_size)
-    s = check_positive("sigma", sigma_)
-    e = check_positive("eps", eps)
+    s = check.positive("sigma", sigma_)
+    e = check.positive("eps", eps)
     acc = make_accountant(accountant).compose(dpsgd_event(sigma=s, q=plan.q, steps=plan.steps))
     value = acc.delta(e)
     _emit(
@@ -240,7 +241,7 @@ def steps(eps: float, delta: float, sigma_: float, q, dataset_size, batch_size, 
       dpcalib steps --eps 2 --delta 1e-5 --sigma 1.0 --dataset-size 60000 --batch-size 600
     """
     plan = make_plan(q, None, None, dataset_size, batch_size, need_steps=False)
-    s = check_positive("sigma", sigma_)
+    s = check.positive("sigma", sigma_)
     count = calibrate_steps(eps=eps, delta=delta, sigma=s, q=plan.q, accountant=accountant)
     found = Plan(plan.q, count, None if plan.dataset_size is None else count * plan.q, plan.dataset_size, plan.batch_size)
     achieved, order = _epsilon_and_order(accountant, s, found, delta)
@@ -321,9 +322,9 @@ def curve(sigma_: float, q: float, steps: int, delta: float, points: int, as_csv
       dpcalib curve --sigma 1 --q 0.01 --steps 10000
       dpcalib curve --sigma 1 --q 0.01 --steps 10000 --csv --plot curve.png
     """
-    s = check_positive("sigma", sigma_)
+    s = check.positive("sigma", sigma_)
     plan = make_plan(q, steps, None, None, None)
-    n_points = check_count("points", points, minimum=2)
+    n_points = check.count("points", points, minimum=2)
     grid = _step_grid(plan.steps, n_points)
     names = list(ACCOUNTANTS)
     table = {n: [_epsilon_and_order(n, s, Plan(plan.q, t), delta)[0] for t in grid] for n in names}

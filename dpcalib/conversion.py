@@ -31,8 +31,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import InvalidArgumentError, OrderRangeWarning, check_open_unit
+from .errors import InvalidArgumentError, OrderRangeWarning
 from .rdp import DEFAULT_ORDERS, MIN_ORDER, check_orders
+from . import validation as check
 
 __all__ = [
     "METHODS",
@@ -86,7 +87,7 @@ def epsilon_bounds(
 ) -> NDArray[np.float64]:
     """ε(δ) implied by the RDP value at each order (see the module docstring for the bounds); never negative.
     ``kl=False`` leaves out the KL rule (used by the order search once the smallest order has been tried)."""
-    delta = check_open_unit("delta", delta)
+    delta = check.open_unit("delta", delta)
     _check_method(method)
     alpha = np.asarray(orders, dtype=np.float64)
     r = np.asarray(rdp, dtype=np.float64)
@@ -147,7 +148,7 @@ def optimise_epsilon(
     """The smallest ε(δ) over ``orders`` (default :data:`~dpcalib.rdp.DEFAULT_ORDERS`) and, with ``refine``, a
     finer local grid around the best one. ``curve(orders)`` returns the RDP of the composition at those orders.
     Warns :class:`~dpcalib.errors.OrderRangeWarning` (if ``warn``) when the best order is at the edge."""
-    delta = check_open_unit("delta", delta)
+    delta = check.open_unit("delta", delta)
     _check_method(method)
     result = _minimise(curve, lambda a, r, kl: epsilon_bounds(a, r, delta, method, kl), orders, refine)
     if warn and result.at_edge and result.value > 0.0:

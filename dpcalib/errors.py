@@ -14,10 +14,6 @@ __all__ = [
     "UnsupportedEventError",
     "DpcalibWarning",
     "OrderRangeWarning",
-    "check_positive",
-    "check_open_unit",
-    "check_rate",
-    "check_count",
 ]
 
 
@@ -56,42 +52,3 @@ class DpcalibWarning(UserWarning):
 class OrderRangeWarning(DpcalibWarning):
     """The RDP order that attains the bound lies at the edge of the order grid: a wider grid may give a smaller ε."""
 
-
-def _is_real(value: object) -> bool:
-    try:
-        return float(value) == float(value)  # rejects NaN
-    except (TypeError, ValueError):
-        return False
-
-
-def check_positive(name: str, value: float) -> float:
-    """Return ``float(value)`` if it is finite and > 0, else raise :class:`InvalidArgumentError`."""
-    if not _is_real(value) or not (0.0 < float(value) < float("inf")):
-        raise InvalidArgumentError(name, value, "a finite number > 0")
-    return float(value)
-
-
-def check_open_unit(name: str, value: float) -> float:
-    """Return ``float(value)`` if it lies in the open interval (0, 1), else raise :class:`InvalidArgumentError`."""
-    if not _is_real(value) or not (0.0 < float(value) < 1.0):
-        raise InvalidArgumentError(name, value, "in (0, 1)")
-    return float(value)
-
-
-def check_rate(name: str, value: float) -> float:
-    """Return ``float(value)`` if it lies in (0, 1] (a sampling rate), else raise :class:`InvalidArgumentError`."""
-    if not _is_real(value) or not (0.0 < float(value) <= 1.0):
-        raise InvalidArgumentError(name, value, "in (0, 1]")
-    return float(value)
-
-
-def check_count(name: str, value: int, minimum: int = 1) -> int:
-    """Return ``int(value)`` if it is an integer ≥ ``minimum``, else raise :class:`InvalidArgumentError`."""
-    try:
-        as_int = int(value)
-        ok = as_int == value and as_int >= minimum
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise InvalidArgumentError(name, value, f"an integer >= {minimum}")
-    return as_int

@@ -14,7 +14,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
-from .errors import InvalidArgumentError, check_count, check_positive, check_rate
+from .errors import InvalidArgumentError
+from . import validation as check
 
 __all__ = [
     "Neighbouring",
@@ -49,7 +50,7 @@ class Gaussian:
     sigma: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sigma", check_positive("sigma", self.sigma))
+        object.__setattr__(self, "sigma", check.positive("sigma", self.sigma))
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class PoissonSampled:
     event: "Event"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "q", check_rate("q", self.q))
+        object.__setattr__(self, "q", check.rate("q", self.q))
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ class SampledWithoutReplacement:
     event: "Event"
 
     def __post_init__(self) -> None:
-        n = check_count("n", self.n)
-        batch = check_count("batch", self.batch)
+        n = check.count("n", self.n)
+        batch = check.count("batch", self.batch)
         if batch > n:
             raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
         object.__setattr__(self, "n", n)
@@ -88,7 +89,7 @@ class Repeated:
     count: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "count", check_count("count", self.count))
+        object.__setattr__(self, "count", check.count("count", self.count))
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InvalidArgumentError, check_count, check_open_unit, check_positive, check_rate
+from .errors import InvalidArgumentError
+from . import validation as check
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -101,9 +102,9 @@ class Phase:
     count: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "q", check_rate("q", self.q))
-        object.__setattr__(self, "sigma", check_positive("sigma", self.sigma))
-        object.__setattr__(self, "count", check_count("count", self.count))
+        object.__setattr__(self, "q", check.rate("q", self.q))
+        object.__setattr__(self, "sigma", check.positive("sigma", self.sigma))
+        object.__setattr__(self, "count", check.count("count", self.count))
 
 
 @dataclass(frozen=True)
@@ -250,8 +251,8 @@ def subsampled_gaussian_pld(
     """
     if direction not in _DIRECTIONS:
         raise InvalidArgumentError("direction", direction, "'remove' or 'add'")
-    q, sigma = check_rate("q", q), check_positive("sigma", sigma)
-    interval, tail_mass = check_positive("interval", interval), check_open_unit("tail_mass", tail_mass)
+    q, sigma = check.rate("q", q), check.positive("sigma", sigma)
+    interval, tail_mass = check.positive("interval", interval), check.open_unit("tail_mass", tail_mass)
     lo_loss, hi_loss = _loss_range(q, sigma, direction, tail_mass)
     k_lo, k_hi = math.floor(lo_loss / interval), math.ceil(hi_loss / interval)
     k_hi = max(k_hi, k_lo + 1)
@@ -408,7 +409,7 @@ class SubsampledGaussianPld:
     ) -> None:
         if not phases:
             raise InvalidArgumentError("phases", phases, "a non-empty sequence of Phase")
-        interval = default_interval(phases) if interval is None else check_positive("interval", interval)
+        interval = default_interval(phases) if interval is None else check.positive("interval", interval)
         self.phases = tuple(phases)
         self.pessimistic = pessimistic
         self.tail_mass = tail_mass
@@ -440,7 +441,7 @@ class SubsampledGaussianPld:
 
     def epsilon(self, delta: float) -> float:
         """ε(δ) of the worse direction (an upper bound if pessimistic); ``inf`` if δ is below the truncated mass."""
-        delta = check_open_unit("delta", delta)
+        delta = check.open_unit("delta", delta)
         worst = 0.0
         for direction, pld in self.by_direction.items():
             eps = pld.epsilon(delta)

@@ -22,7 +22,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import InvalidArgumentError, check_count, check_positive, check_rate
+from .errors import InvalidArgumentError
+from . import validation as check
 
 __all__ = [
     "DEFAULT_ORDERS",
@@ -67,7 +68,7 @@ def check_orders(orders: ArrayLike) -> NDArray[np.float64]:
 
 def gaussian_rdp(sigma: float, orders: ArrayLike) -> NDArray[np.float64]:
     """RDP of the Gaussian mechanism with sensitivity 1 and noise multiplier ``sigma``: α / (2σ²) (Mironov 2017, Prop. 7)."""
-    sigma = check_positive("sigma", sigma)
+    sigma = check.positive("sigma", sigma)
     return check_orders(orders) / (2.0 * sigma * sigma)
 
 
@@ -80,8 +81,8 @@ def poisson_gaussian_rdp(q: float, sigma: float, orders: ArrayLike) -> NDArray[n
     binomial coefficients kept, or, when the two Gaussians are close (σ ≥ 20, αq/σ ≤ 0.1), the moment series
     ``A_α - 1 = Σ_k C(α,k) q^k E[(r - 1)^k]`` (same paper, Sec. 3.2). q = 1 is the Gaussian α/(2σ²).
     """
-    q = check_rate("q", q)
-    sigma = check_positive("sigma", sigma)
+    q = check.rate("q", q)
+    sigma = check.positive("sigma", sigma)
     alpha = check_orders(orders)
     if q == 1.0:
         return alpha / (2.0 * sigma * sigma)
@@ -110,11 +111,11 @@ def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: A
     Fractional orders: the cumulant generating function (α - 1)ε(α) is convex, so linear interpolation of the
     bounds at ⌊α⌋ and ⌈α⌉ is an upper bound (same paper, Corollary 10; (α - 1)ε(α) = 0 at α = 1).
     """
-    n = check_count("n", n)
-    batch = check_count("batch", batch)
+    n = check.count("n", n)
+    batch = check.count("batch", batch)
     if batch > n:
         raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
-    sigma = check_positive("sigma", sigma)
+    sigma = check.positive("sigma", sigma)
     alpha = check_orders(orders)
     if batch == n:
         return alpha / (2.0 * sigma * sigma)

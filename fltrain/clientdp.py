@@ -46,10 +46,11 @@ from typing import Mapping
 
 import torch
 
-from dpcalib.errors import InvalidArgumentError, check_count, check_open_unit, check_positive, check_rate
+from dpcalib.errors import InvalidArgumentError
 
 from .client import ClientUpdates
 from .privacy import PrivacyPlan, make_plan, resolve_client_delta
+from dpcalib import validation as check
 
 __all__ = [
     "DEFAULT_COUNT_NOISE_FRACTION",
@@ -74,8 +75,8 @@ def sum_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> flo
     ``b_i − 1/2`` (sensitivity 1/2, noise ``σ_b``) is one Gaussian mechanism of multiplier ``z`` with
     ``z^{-2} = z_Δ^{-2} + (2σ_b)^{-2}``, hence ``z_Δ = (z^{-2} − (2σ_b)^{-2})^{-1/2}``. Requires ``2σ_b > z``.
     """
-    z = check_positive("noise_multiplier", noise_multiplier)
-    sb = check_positive("count_noise_std", count_noise_std)
+    z = check.positive("noise_multiplier", noise_multiplier)
+    sb = check.positive("count_noise_std", count_noise_std)
     if 2.0 * sb <= z:
         raise InvalidArgumentError(
             "count_noise_std",
@@ -132,17 +133,17 @@ def plan_client_dp(
     ``1/N^1.1``. With ``adaptive``, ``count_noise_std`` defaults to ``m/20`` (Andrew et al. 2021) and the sum gets
     :func:`sum_noise_multiplier`; the accountant's z covers both releases.
     """
-    n = check_count("num_clients", num_clients, minimum=2)
-    m = check_positive("expected_clients", expected_clients)
+    n = check.count("num_clients", num_clients, minimum=2)
+    m = check.positive("expected_clients", expected_clients)
     if m > n:
         raise InvalidArgumentError("expected_clients", expected_clients, f"in (0, num_clients={n}]")
-    r = check_count("rounds", rounds)
-    target = check_positive("eps", eps)
+    r = check.count("rounds", rounds)
+    target = check.positive("eps", eps)
     d = resolve_client_delta(delta, n)
     if sigma is not None:
-        check_positive("sigma", sigma)
+        check.positive("sigma", sigma)
     if adaptive:
-        sb = m * DEFAULT_COUNT_NOISE_FRACTION if count_noise_std is None else check_positive(
+        sb = m * DEFAULT_COUNT_NOISE_FRACTION if count_noise_std is None else check.positive(
             "count_noise_std", count_noise_std
         )
     elif count_noise_std is not None:
@@ -160,8 +161,8 @@ def poisson_sample_clients(num_clients: int, q: float, generator: torch.Generato
     Returns the sorted indices (int64) of the sampled clients, possibly none. The count is Binomial(N, q), mean
     ``N·q`` and variance ``N·q·(1−q)``, as the Poisson-subsampled accountant assumes.
     """
-    n = check_count("num_clients", num_clients)
-    rate = check_rate("q", q)
+    n = check.count("num_clients", num_clients)
+    rate = check.rate("q", q)
     return torch.nonzero(torch.rand(n, generator=generator, dtype=torch.float64) < rate).flatten()
 
 
@@ -193,7 +194,7 @@ def clip_deltas(deltas: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.
     Returns ``(clipped, norms)`` with the norms before clipping (computed in float64). A 1-D input is treated as
     one delta. Non-finite deltas are rejected.
     """
-    c = check_positive("clip", clip)
+    c = check.positive("clip", clip)
     batch = _as_batch(deltas)
     norms = torch.linalg.vector_norm(batch.to(torch.float64), dim=1)
     scale = c / torch.clamp(norms, min=c)  # 1 when ‖Δ‖ ≤ C, else C/‖Δ‖
@@ -209,15 +210,15 @@ class AdaptiveClip:
     """
 
     def __init__(self, clip: float, *, target_quantile: float, clip_lr: float, count_noise_std: float) -> None:
-        self.clip = check_positive("clip", clip)
-        self.target_quantile = check_open_unit("target_quantile", target_quantile)
-        self.clip_lr = check_positive("clip_lr", clip_lr)
-        self.count_noise_std = check_positive("count_noise_std", count_noise_std)
+        self.clip = check.positive("clip", clip)
+        self.target_quantile = check.open_unit("target_quantile", target_quantile)
+        self.clip_lr = check.positive("clip_lr", clip_lr)
+        self.count_noise_std = check.positive("count_noise_std", count_noise_std)
 
     def step(self, noisy_count: float, expected_clients: float) -> float:
         """Move ``C`` given the released ``Σ(b_i − 1/2) + N(0, σ_b²)`` (however its noise was added, e.g. in
         shares under secure aggregation); returns the noisy fraction ``b̄ = noisy_count / m + 1/2``."""
-        m = check_positive("expected_clients", expected_clients)
+        m = check.positive("expected_clients", expected_clients)
         fraction = noisy_count / m + 0.5
         self.clip *= math.exp(-self.clip_lr * (fraction - self.target_quantile))
         return fraction
@@ -240,11 +241,11 @@ class ClientDPAggregator:
         sum_noise_multiplier: float,
         expected_clients: float,
     ) -> None:
-        self.dim = check_count("dim", dim)
-        self.sum_noise_multiplier = check_positive("sum_noise_multiplier", sum_noise_multiplier)
-        self.expected_clients = check_positive("expected_clients", expected_clients)
+        self.dim = check.count("dim", dim)
+        self.sum_noise_multiplier = check.positive("sum_noise_multiplier", sum_noise_multiplier)
+        self.expected_clients = check.positive("expected_clients", expected_clients)
         self.adaptive = clip if isinstance(clip, AdaptiveClip) else None
-        self._clip = clip.clip if isinstance(clip, AdaptiveClip) else check_positive("clip", clip)
+        self._clip = clip.clip if isinstance(clip, AdaptiveClip) else check.positive("clip", clip)
         #: what the last :meth:`aggregate` released besides the update (for the run's metrics)
         self.last_release: dict[str, float] = {}
 
@@ -317,6 +318,6 @@ class ClientDPAggregator:
     def load_state_dict(self, state: Mapping[str, float]) -> None:
         """Restore the clip norm saved by :meth:`state_dict`."""
         if self.adaptive is not None:
-            self.adaptive.clip = check_positive("clip", state["clip"])
+            self.adaptive.clip = check.positive("clip", state["clip"])
         else:
-            self._clip = check_positive("clip", state["clip"])
+            self._clip = check.positive("clip", state["clip"])

@@ -15,9 +15,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from dpcalib.errors import InvalidArgumentError, check_count, check_open_unit, check_positive, check_rate
+from dpcalib.errors import InvalidArgumentError
 
 from .privacy import default_client_delta
+from dpcalib import validation as check
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -139,33 +140,33 @@ class RunConfig:
         _choice("dp", self.dp, DP_MODES)
         _choice("accountant", self.accountant, ACCOUNTANTS)
         _choice("engine", self.engine, ENGINES)
-        check_count("train_samples", self.train_samples, minimum=0)
-        check_count("test_samples", self.test_samples, minimum=0)
-        check_count("clients", self.clients)
-        check_count("shards_per_client", self.shards_per_client)
-        check_positive("alpha", self.alpha)
-        check_rate("client_fraction", self.client_fraction)
-        check_count("rounds", self.rounds)
-        check_positive("server_lr", self.server_lr)
+        check.count("train_samples", self.train_samples, minimum=0)
+        check.count("test_samples", self.test_samples, minimum=0)
+        check.count("clients", self.clients)
+        check.count("shards_per_client", self.shards_per_client)
+        check.positive("alpha", self.alpha)
+        check.rate("client_fraction", self.client_fraction)
+        check.count("rounds", self.rounds)
+        check.positive("server_lr", self.server_lr)
         if not 0.0 <= _non_negative("server_momentum", self.server_momentum) < 1.0:
             raise InvalidArgumentError("server_momentum", self.server_momentum, "in [0, 1)")
-        check_count("local_steps", self.local_steps)
-        check_count("batch_size", self.batch_size)
-        check_positive("lr", self.lr)
+        check.count("local_steps", self.local_steps)
+        check.count("batch_size", self.batch_size)
+        check.positive("lr", self.lr)
         if not 0.0 < _non_negative("lr_decay", self.lr_decay) <= 1.0:
             raise InvalidArgumentError("lr_decay", self.lr_decay, "in (0, 1]")
         if not 0.0 <= _non_negative("momentum", self.momentum) < 1.0:
             raise InvalidArgumentError("momentum", self.momentum, "in [0, 1)")
-        check_positive("clip", self.clip)
-        check_positive("eps", self.eps)
+        check.positive("clip", self.clip)
+        check.positive("eps", self.eps)
         if self.delta is not None:
-            check_open_unit("delta", self.delta)
+            check.open_unit("delta", self.delta)
         if self.sigma is not None:
-            check_positive("sigma", self.sigma)
-        check_count("seed", self.seed, minimum=0)
-        check_count("threads", self.threads)
-        check_count("parallel_clients", self.parallel_clients, minimum=0)
-        check_count("max_physical_batch", self.max_physical_batch)
+            check.positive("sigma", self.sigma)
+        check.count("seed", self.seed, minimum=0)
+        check.count("threads", self.threads)
+        check.count("parallel_clients", self.parallel_clients, minimum=0)
+        check.count("max_physical_batch", self.max_physical_batch)
         if not isinstance(self.secure_agg, bool):
             raise InvalidArgumentError("secure_agg", self.secure_agg, "true or false")
         if self.dataset == "cifar10" and self.model == "tanh-cnn":
@@ -174,17 +175,17 @@ class RunConfig:
             raise ConfigError(f"model 'cifar-cnn' takes 3x32x32 images; dataset {self.dataset!r} has 1x28x28")
         _choice("server_opt", self.server_opt, SERVER_OPTIMIZERS)
         if self.expected_clients is not None:
-            check_positive("expected_clients", self.expected_clients)
+            check.positive("expected_clients", self.expected_clients)
             if self.expected_clients > self.clients:
                 raise InvalidArgumentError("expected_clients", self.expected_clients, f"in (0, clients={self.clients}]")
         if not isinstance(self.adaptive_clip, bool):
             raise InvalidArgumentError("adaptive_clip", self.adaptive_clip, "true or false")
-        check_open_unit("target_quantile", self.target_quantile)
-        check_positive("clip_lr", self.clip_lr)
+        check.open_unit("target_quantile", self.target_quantile)
+        check.positive("clip_lr", self.clip_lr)
         if self.count_noise_std is not None:
-            check_positive("count_noise_std", self.count_noise_std)
+            check.positive("count_noise_std", self.count_noise_std)
         if self.dp == "client":
-            check_count("clients", self.clients, minimum=2)
+            check.count("clients", self.clients, minimum=2)
         elif self.adaptive_clip or self.count_noise_std is not None or self.expected_clients is not None:
             raise ConfigError("expected_clients, adaptive_clip and count_noise_std apply to dp='client' only")
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import dpcalib
-from dpcalib.errors import UnreachableTargetError, check_count, check_open_unit
+from dpcalib.errors import UnreachableTargetError
 from dpcalib.events import Event, Gaussian, PoissonSampled, dpsgd_event
+from dpcalib import validation as check
 
 __all__ = [
     "PrivacyPlan", "make_plan", "PrivacyLedger", "ClientDeltaWarning", "default_client_delta", "resolve_client_delta",
@@ -132,16 +133,16 @@ class ClientDeltaWarning(UserWarning):
 
 def default_client_delta(num_clients: int) -> float:
     """The default δ for ``num_clients`` clients: ``1/N^1.1``, strictly below ``1/N``."""
-    n = check_count("num_clients", num_clients, minimum=2)
+    n = check.count("num_clients", num_clients, minimum=2)
     return float(n) ** -1.1
 
 
 def resolve_client_delta(delta: float | None, num_clients: int) -> float:
     """The user's δ (validated to lie in (0, 1)) or :func:`default_client_delta`; warns when δ ≥ 1/N."""
-    n = check_count("num_clients", num_clients, minimum=2)
+    n = check.count("num_clients", num_clients, minimum=2)
     if delta is None:
         return default_client_delta(n)
-    d = check_open_unit("delta", delta)
+    d = check.open_unit("delta", delta)
     if d >= 1.0 / n:
         warnings.warn(
             f"delta={d:g} >= 1/clients = {1.0 / n:g}: a mechanism that publishes one client's data in the clear "

@@ -18,9 +18,10 @@ from typing import Any, Mapping
 
 import torch
 
-from dpcalib.errors import InvalidArgumentError, check_positive
+from dpcalib.errors import InvalidArgumentError
 
 from .config import SERVER_OPTIMIZERS
+from dpcalib import validation as check
 
 __all__ = ["ServerOptimizer", "ServerSGD", "ServerAdam", "make_server_optimizer"]
 
@@ -32,7 +33,7 @@ class ServerOptimizer(abc.ABC):
     name = ""
 
     def __init__(self, lr: float) -> None:
-        self.lr = check_positive("server_lr", lr)
+        self.lr = check.positive("server_lr", lr)
 
     @abc.abstractmethod
     def step(self, params: torch.Tensor, update: torch.Tensor) -> None:
@@ -90,7 +91,7 @@ class ServerAdam(ServerOptimizer):
             if not (0.0 <= value < 1.0):
                 raise InvalidArgumentError(arg, value, "in [0, 1)")
         self.beta1, self.beta2 = float(beta1), float(beta2)
-        self.tau = check_positive("tau", tau)
+        self.tau = check.positive("tau", tau)
         self.m: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import shlex
 import sys
@@ -83,7 +84,28 @@ def test_cli_example_output_is_real(example: Example):
     status, output = execute(example)
     assert status == example.status
     if example.expected:
-        assert [line.rstrip() for line in output] == [line.rstrip() for line in example.expected]
+        assert [_tokens(line) for line in output] == [_tokens(line) for line in example.expected]
+
+
+class _Number(float):
+    """A printed number, equal to another within FFT round-off (1e-9 relative): full-precision PLD output (``--csv``,
+    ``--json``) differs in its last digits between numpy/pocketfft builds, and docs should not pin those digits."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, float) and math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-15)
+
+    __hash__ = float.__hash__
+
+
+def _tokens(line: str) -> list[object]:
+    """A line split into words and numbers; numbers compare to 1e-9 relative, everything else exactly."""
+    out: list[object] = []
+    for word in re.split(r"([\s,:=\[\]{}\"]+)", line.rstrip()):
+        try:
+            out.append(_Number(word))
+        except ValueError:
+            out.append(word)
+    return out
 
 
 def update() -> None:

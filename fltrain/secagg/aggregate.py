@@ -37,13 +37,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dpcalib.errors import InvalidArgumentError, check_count, check_positive
+from dpcalib.errors import InvalidArgumentError
 
 from ..clientdp import ClientDPAggregator
 from ..fedavg import fedavg_weights
 from .encoding import FixedPoint
 from .graph import complete_graph, harary_graph, secagg_plus_degree
 from .protocol import SecAggParams, run_secure_aggregation
+from dpcalib import validation as check
 
 __all__ = ["SecAggRangeWarning", "SecureSum", "SecureWeightedMean", "SecureClientDPAggregator"]
 
@@ -67,9 +68,9 @@ class SecureSum:
     sparse_above: int = 64
 
     def __post_init__(self) -> None:
-        check_positive("coordinate_range", self.coordinate_range)
-        check_count("frac_bits", self.frac_bits, minimum=0)
-        check_count("sparse_above", self.sparse_above, minimum=2)
+        check.positive("coordinate_range", self.coordinate_range)
+        check.count("frac_bits", self.frac_bits, minimum=0)
+        check.count("sparse_above", self.sparse_above, minimum=2)
 
     def _graph(self, k: int) -> dict[int, frozenset[int]]:
         ids = list(range(1, k + 1))

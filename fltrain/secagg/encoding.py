@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dpcalib.errors import InvalidArgumentError, check_count, check_positive
+from dpcalib.errors import InvalidArgumentError
+from dpcalib import validation as check
 
 __all__ = ["Ring", "FixedPoint"]
 
@@ -103,9 +104,9 @@ class FixedPoint:
     max_clients: int
 
     def __post_init__(self) -> None:
-        check_positive("clip", self.clip)
-        check_count("frac_bits", self.frac_bits, minimum=0)
-        check_count("max_clients", self.max_clients, minimum=1)
+        check.positive("clip", self.clip)
+        check.count("frac_bits", self.frac_bits, minimum=0)
+        check.count("max_clients", self.max_clients, minimum=1)
         if self._bits_needed() > 64:
             raise InvalidArgumentError(
                 "frac_bits",

@@ -16,7 +16,8 @@ import math
 import random
 from collections.abc import Iterable, Mapping
 
-from dpcalib.errors import InvalidArgumentError, check_count
+from dpcalib.errors import InvalidArgumentError
+from dpcalib import validation as check
 
 __all__ = ["Graph", "complete_graph", "harary_graph", "secagg_plus_degree"]
 
@@ -43,7 +44,7 @@ def secagg_plus_degree(n: int) -> int:
     probability for given fractions of corrupt and dropped clients; their constants depend on those fractions.
     This default (28 for n = 500) is an engineering choice for honest-but-curious settings, not their bound.
     """
-    n = check_count("n", n, minimum=2)
+    n = check.count("n", n, minimum=2)
     return min(n - 1, 2 * math.ceil(1.5 * math.log2(n)))
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dpcalib.errors import InvalidArgumentError, check_count
+from dpcalib.errors import InvalidArgumentError
 
 from . import shamir
 from .crypto import agree, expand_mask, generate_private_key, open_sealed, public_key, random_seed, seal
@@ -58,6 +58,7 @@ from .messages import (
     UnmaskingShares,
     parse,
 )
+from dpcalib import validation as check
 
 __all__ = [
     "STAGES",
@@ -97,9 +98,9 @@ class SecAggParams:
     min_survivors: int = 1
 
     def __post_init__(self) -> None:
-        check_count("dim", self.dim, minimum=1)
-        check_count("threshold", self.threshold, minimum=1)
-        check_count("min_survivors", self.min_survivors, minimum=1)
+        check.count("dim", self.dim, minimum=1)
+        check.count("threshold", self.threshold, minimum=1)
+        check.count("min_survivors", self.min_survivors, minimum=1)
 
 
 def new_session() -> bytes:
@@ -130,7 +131,7 @@ class Client:
     Keys and the self-mask seed are fresh per instance: one instance, one session."""
 
     def __init__(self, client_id: int, params: SecAggParams, session: bytes) -> None:
-        self.id = check_count("client_id", client_id, minimum=1)
+        self.id = check.count("client_id", client_id, minimum=1)
         self.params = params
         self.session = session
         self._enc_private = generate_private_key()

@@ -1,0 +1,95 @@
+"""Argument validation: dpcalib's public, deliberate API for checking a number before it reaches the maths.
+
+Each function returns the value in its canonical type (``float`` or ``int``) or raises
+:class:`~dpcalib.errors.InvalidArgumentError` naming the argument and the allowed range, so a library user sees
+``InvalidArgumentError: delta=1.5 is out of range: delta must be in (0, 1)`` and a command line can print that one
+line and exit with status 2.  fltrain and any other caller validate through these functions, never through
+dpcalib's internals::
+
+    from dpcalib import validation as check
+    rounds = check.count("rounds", cfg_value)
+
+Types are checked, not coerced: booleans, strings, bytes and ``None`` are refused (``q=True`` is not the rate 1,
+``eps="2"`` is not 2); a count must be an integer or an integral float (``3.0`` is accepted as 3, ``2.5`` is not).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import InvalidArgumentError
+
+__all__ = ["real", "positive", "non_negative", "open_unit", "rate", "count"]
+
+
+def _as_real(value: object) -> float | None:
+    """``float(value)`` if ``value`` is a real number (not a bool, string or NaN), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        as_float = float(value)
+    except (OverflowError, ValueError):  # an int too large for a float
+        return math.inf if value > 0 else -math.inf
+    return None if math.isnan(as_float) else as_float
+
+
+def real(name: str, value: object) -> float:
+    """Return ``float(value)`` if it is a finite real number, else raise :class:`InvalidArgumentError`."""
+    x = _as_real(value)
+    if x is None or not math.isfinite(x):
+        raise InvalidArgumentError(name, value, "a finite number")
+    return x
+
+
+def positive(name: str, value: object) -> float:
+    """Return ``float(value)`` if it is a finite real number > 0, else raise :class:`InvalidArgumentError`."""
+    x = _as_real(value)
+    if x is None or not (0.0 < x < math.inf):
+        raise InvalidArgumentError(name, value, "a finite number > 0")
+    return x
+
+
+def non_negative(name: str, value: object) -> float:
+    """Return ``float(value)`` if it is a finite real number ≥ 0, else raise :class:`InvalidArgumentError`."""
+    x = _as_real(value)
+    if x is None or not (0.0 <= x < math.inf):
+        raise InvalidArgumentError(name, value, "a finite number >= 0")
+    return x
+
+
+def open_unit(name: str, value: object) -> float:
+    """Return ``float(value)`` if it lies in the open interval (0, 1) (a δ), else raise :class:`InvalidArgumentError`."""
+    x = _as_real(value)
+    if x is None or not (0.0 < x < 1.0):
+        raise InvalidArgumentError(name, value, "in (0, 1)")
+    return x
+
+
+def rate(name: str, value: object) -> float:
+    """Return ``float(value)`` if it lies in (0, 1] (a sampling rate), else raise :class:`InvalidArgumentError`."""
+    x = _as_real(value)
+    if x is None or not (0.0 < x <= 1.0):
+        raise InvalidArgumentError(name, value, "in (0, 1]")
+    return x
+
+
+def count(name: str, value: object, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` if it is integral and in ``[minimum, maximum]``, else raise.
+
+    Integers (Python or numpy) and integral finite floats are accepted; booleans, strings, fractions and
+    non-finite values raise :class:`InvalidArgumentError`.
+    """
+    allowed = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(name, value, allowed)
+    if isinstance(value, numbers.Integral):
+        as_int = int(value)
+    else:
+        x = float(value)
+        if not math.isfinite(x) or x != math.floor(x):
+            raise InvalidArgumentError(name, value, allowed)
+        as_int = int(x)
+    if as_int < minimum or (maximum is not None and as_int > maximum):
+        raise InvalidArgumentError(name, value, allowed)
+    return as_int
