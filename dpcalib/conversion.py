@@ -59,6 +59,11 @@ _ZOOM_POINTS = 24
 _ZOOM_RTOL = 1e-6
 _ZOOM_MAX_ROUNDS = 40
 _MAX_INTEGER_BATCH = 16
+# The guarded parabolic rounds of the refinement: ratio between successive offsets around the vertex, and the
+# most offsets per side.
+_CLUSTER_RATIO = 16.0
+_CLUSTER_MAX = 8
+_GUARD = 4.0
 
 
 class Conversion(NamedTuple):
@@ -189,54 +194,159 @@ def _minimise(
     orders: ArrayLike | None,
     refine: bool,
 ) -> Conversion:
-    """Minimise ``objective(α, curve(α), kl=True)`` over the grid (and a zoom around its best point).
-
-    The KL rule is strongest at the smallest order (ε_RDP is non-decreasing in α), so once the smallest grid
-    order is evaluated, candidates above it are screened without it."""
+    """Minimise ``objective(α, curve(α), kl)`` over the grid and, with ``refine``, converge on the continuous
+    minimum (see :class:`_OrderSearch`)."""
     grid = np.unique(DEFAULT_ORDERS if orders is None else check_orders(orders))
-    # known points of the cumulant K(α) = (α - 1) ε_RDP(α), sorted by α; K(1) = 0 for every mechanism
-    known = [np.array([1.0]), np.array([0.0])]
-    seen = {1.0}
-    best = [math.inf, float(grid[0])]
+    return _OrderSearch(curve, objective, grid).run(refine)
 
-    def evaluate(points: NDArray[np.float64]) -> None:
-        points = points[[p not in seen for p in points.tolist()]] if points.size else points
+
+class _OrderSearch:
+    """The order search of :func:`optimise_epsilon` / :func:`optimise_delta`, and what it knows so far.
+
+    1. The integer grid orders up to 64 (cheap and exact: one vectorised call) — or the smallest grid order if
+       there are none; then the larger grid orders one at a time, smallest first, each skipped when a lower bound
+       of its value (:func:`_rdp_lower_bound`) cannot beat the best so far.
+    2. With ``refine``: :meth:`zoom` converges on the continuous minimum around the best order.
+    3. The remaining grid orders are screened against that best and the survivors evaluated (one call; usually
+       none survive); if one of them wins, step 2 is repeated around it. So the result is never larger than the
+       grid minimum, and without ``refine`` it is the grid minimum exactly.
+    """
+
+    def __init__(
+        self,
+        curve: Curve,
+        objective: Callable[[NDArray[np.float64], NDArray[np.float64], bool], NDArray[np.float64]],
+        grid: NDArray[np.float64],
+    ) -> None:
+        self.curve, self.objective, self.grid = curve, objective, grid
+        # known points of the cumulant K(α) = (α - 1) ε_RDP(α), sorted by α; K(1) = 0 for every mechanism
+        self.orders = np.array([1.0])
+        self.cumulants = np.array([0.0])
+        self.values: dict[float, float] = {}
+        self.best_value, self.best_order = math.inf, float(grid[0])
+
+    def evaluate(self, points: NDArray[np.float64]) -> None:
+        """Evaluate the curve and the objective at the points not yet evaluated; update the best."""
+        points = points[[p not in self.values for p in points.tolist()]] if points.size else points
         if points.size == 0:
             return
-        r = np.asarray(curve(points), dtype=np.float64)
-        seen.update(points.tolist())
-        a = np.concatenate([known[0], points])
+        r = np.asarray(self.curve(points), dtype=np.float64)
+        a = np.concatenate([self.orders, points])
         idx = np.argsort(a)
-        known[0], known[1] = a[idx], np.concatenate([known[1], (points - 1.0) * r])[idx]
-        values = objective(points, r, True)
+        self.orders, self.cumulants = a[idx], np.concatenate([self.cumulants, (points - 1.0) * r])[idx]
+        values = self.objective(points, r, True)
+        self.values.update(zip(points.tolist(), values.tolist()))
         i = int(np.argmin(values))
-        if values[i] < best[0] or (values[i] == best[0] and points[i] < best[1]):
-            best[0], best[1] = float(values[i]), float(points[i])
+        if values[i] < self.best_value or (values[i] == self.best_value and points[i] < self.best_order):
+            self.best_value, self.best_order = float(values[i]), float(points[i])
 
-    def promising(points: NDArray[np.float64]) -> NDArray[np.float64]:
-        """The points whose bound could still beat the best: evaluated with a lower bound on their RDP."""
+    def promising(self, points: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The points whose objective could still beat the best: evaluated at a lower bound of their RDP. The KL
+        rule is left out above the smallest evaluated order (ε_RDP is non-decreasing in α, so the rule is
+        strongest there and already counted in the best)."""
         if points.size == 0:
             return points
-        lower = _rdp_lower_bound(known[0], known[1], points)
-        bounds = np.where(points > grid[0], objective(points, lower, False), objective(points, lower, True))
-        return points[bounds < best[0]]
+        lower = _rdp_lower_bound(self.orders, self.cumulants, points)
+        above = points > self.orders[1]
+        bounds = np.where(above, self.objective(points, lower, False), self.objective(points, lower, True))
+        return points[bounds < self.best_value]
 
-    anchors = (grid == np.round(grid)) & (grid <= _BATCH_MAX_ORDER)
-    anchors[0] = anchors[0] or not anchors.any()
-    evaluate(grid[anchors])
-    rest = grid[~anchors]
-    small = rest[rest <= _BATCH_MAX_ORDER]
-    evaluate(np.union1d(small[:1], promising(small)) if small.size and small[0] == grid[0] else promising(small))
-    large = promising(rest[rest > _BATCH_MAX_ORDER])
-    while large.size:  # one at a time, smallest first: each evaluation sharpens the bounds on the others
-        evaluate(large[:1])
-        large = promising(large[1:])
+    def run(self, refine: bool) -> Conversion:
+        grid = self.grid
+        anchors = (grid == np.round(grid)) & (grid <= _BATCH_MAX_ORDER)
+        anchors[0] = anchors[0] or not anchors.any()
+        self.evaluate(grid[anchors])
+        large = grid[grid > max(_BATCH_MAX_ORDER, float(grid[0]))]
+        while large.size:  # one at a time, smallest first: each evaluation sharpens the bounds on the others
+            large = self.promising(large)
+            self.evaluate(large[:1])
+            large = large[1:]
+        low_edge = min(MIN_ORDER, float(grid[0])) if refine else float(grid[0])
+        while True:
+            if refine:
+                self.zoom(low_edge)
+            before = self.best_order
+            self.evaluate(self.promising(grid[[g not in self.values for g in grid.tolist()]]))
+            if not refine or self.best_order == before:
+                break
+        at_edge = self.best_order <= low_edge or self.best_order >= float(grid[-1])
+        return Conversion(self.best_value, self.best_order, bool(at_edge))
 
-    low_edge = min(MIN_ORDER, float(grid[0])) if refine else float(grid[0])
-    if refine:
-        _zoom(evaluate, promising, grid, best, low_edge)
-    at_edge = best[1] <= low_edge or best[1] >= float(grid[-1])
-    return Conversion(best[0], best[1], bool(at_edge))
+    def bracket(self, low_edge: float) -> tuple[float, float]:
+        """The evaluated orders next to the best one: the continuous minimum lies between them if the objective is
+        unimodal in α. Below the smallest evaluated order the bracket ends at ``low_edge``; above the largest, at
+        the next grid order (its lower bound did not beat the best), or at the best order at the top of the grid."""
+        b = self.best_order
+        i = int(np.searchsorted(self.orders, b))
+        lo = float(self.orders[i - 1]) if i > 1 else low_edge
+        if i + 1 < self.orders.size:
+            return lo, float(self.orders[i + 1])
+        above = self.grid[self.grid > b]
+        return lo, float(above[0]) if above.size else b
+
+    def narrow(self, points: NDArray[np.float64], lo: float, hi: float, screen: bool) -> tuple[float, float]:
+        """Evaluate ``points`` inside (lo, hi) (screened or not) and return the new bracket around the best."""
+        candidates = points[points != self.best_order]
+        self.evaluate(self.promising(candidates) if screen else candidates)
+        edges = np.unique(np.concatenate([[lo, hi, self.best_order], points]))
+        j = int(np.searchsorted(edges, self.best_order))
+        return float(edges[max(j - 1, 0)]), float(edges[min(j + 1, edges.size - 1)])
+
+    def zoom(self, low_edge: float) -> None:
+        """Converge on the best order inside :meth:`bracket`, to a bracket narrower than ``_ZOOM_RTOL`` × the order.
+
+        Where the bracket is at least 4 wide, integer orders (exact and cheap) narrow it: a geometric sample of at
+        most 16 of them, repeated until all remaining ones fit. Then rounds of guarded parabolic steps, each one
+        vectorised call: the vertex v of the parabola through the best order and its two neighbours, points at
+        v ± d, 16d, 256d, … (d = 0.45 × the tolerance) out to the bracket's ends, and the bracket's quarter points.
+        A good vertex ends the search in a round or two; a bad one still halves the bracket. Where a round shrank
+        the bracket less than 8-fold (the curve is not parabola-like there: at small q it turns up steeply once the
+        top binomial term q^α e^{α(α-1)/(2σ²)} wakes up — q = 1e-4, σ = 4: ε_RDP grows 100-fold between α = 294
+        and 296 — and the optimum sits at the foot of that cliff), the next round subdivides the bracket evenly
+        (``_ZOOM_POINTS`` points), which assumes only that the objective is unimodal in α. The result is the
+        continuous minimum to ~1e-6 in α: ε then depends monotonically on q, σ and the step count, which a
+        fixed-size local grid would not guarantee (its points move with the optimum). Every value reported was
+        evaluated at a real order, so it is a valid bound regardless.
+        """
+        lo, hi = self.bracket(low_edge)
+        while hi - lo >= 4.0:
+            inside = np.arange(math.floor(lo) + 1, math.ceil(hi), dtype=np.float64)
+            inside = inside[(inside > lo) & (inside < hi)]
+            if inside.size <= _MAX_INTEGER_BATCH:
+                lo, hi = self.narrow(inside, lo, hi, screen=True)
+                break
+            sample = np.unique(np.round(np.geomspace(inside[0], inside[-1], _MAX_INTEGER_BATCH)))
+            lo, hi = self.narrow(sample, lo, hi, screen=True)
+        parabolic = True
+        for _ in range(_ZOOM_MAX_ROUNDS):
+            width = hi - lo
+            if width <= _ZOOM_RTOL * self.best_order:
+                return
+            vertex = self.vertex(lo, hi) if parabolic else None
+            if vertex is None:
+                points = np.linspace(lo, hi, _ZOOM_POINTS + 2)[1:-1]
+            else:
+                d = 0.45 * _ZOOM_RTOL * vertex * _CLUSTER_RATIO ** np.arange(_CLUSTER_MAX)
+                d = d[d < width]
+                points = np.concatenate([[vertex], vertex - d, vertex + d, lo + width * np.array([0.25, 0.5, 0.75])])
+                points = points[(points > lo) & (points < hi)]
+            lo, hi = self.narrow(points, lo, hi, screen=False)
+            parabolic = hi - lo <= width / _GUARD
+
+    def vertex(self, lo: float, hi: float) -> float | None:
+        """The vertex of the parabola through (lo, best, hi) and their values, if both ends were evaluated and the
+        vertex is a finite point strictly inside (lo, hi); else None (a Newton step with the derivatives taken
+        from the three points)."""
+        b = self.best_order
+        if lo not in self.values or hi not in self.values or not lo < b < hi:
+            return None
+        fl, fb, fh = self.values[lo], self.values[b], self.values[hi]
+        num = (b - lo) ** 2 * (fb - fh) - (b - hi) ** 2 * (fb - fl)
+        den = (b - lo) * (fb - fh) - (b - hi) * (fb - fl)
+        if not (den != 0.0 and math.isfinite(num) and math.isfinite(den)):
+            return None
+        v = b - 0.5 * num / den
+        return v if lo < v < hi else None
 
 
 def _rdp_lower_bound(a: NDArray[np.float64], k: NDArray[np.float64], points: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -258,49 +368,3 @@ def _rdp_lower_bound(a: NDArray[np.float64], k: NDArray[np.float64], points: NDA
     lb_k = np.maximum(np.maximum((points - 1.0) * r[i], chord_left), chord_right)
     lb_k = lb_k - 1e-9 * np.abs(lb_k)
     return np.maximum(lb_k, 0.0) / (points - 1.0)
-
-
-def _zoom(
-    evaluate: Callable[[NDArray[np.float64]], None],
-    promising: Callable[[NDArray[np.float64]], NDArray[np.float64]],
-    grid: NDArray[np.float64],
-    best: list[float],
-    low_edge: float,
-) -> None:
-    """Converge on the best order between the neighbours of the best grid order.
-
-    Where the bracket is at least 4 wide, integer orders (exact and cheap) narrow it: a geometric sample of at most
-    16 of them, repeated until all remaining ones fit. Then the bracket around the best point is subdivided evenly
-    (``_ZOOM_POINTS`` interior points a round) until it is narrower than ``_ZOOM_RTOL`` × the order. Even
-    subdivision assumes only that the bound is unimodal in α, not that it is smooth: at small q the RDP curve of
-    the subsampled Gaussian turns up steeply once the top binomial term q^α e^{α(α-1)/(2σ²)} wakes up (q = 1e-4,
-    σ = 4: ε_RDP grows 100-fold between α = 294 and 296), the optimum sits at the foot of that cliff, and
-    parabolic steps converge badly there. The result is the continuous minimum to ~1e-6 in α: ε then depends
-    monotonically on q, σ and the step count, which a fixed-size local grid would not guarantee (its points move
-    with the optimum). Every value reported was evaluated at a real order, so it is a valid bound regardless.
-    ``promising`` screens the integer samples (they may be far apart); the subdivisions, all close to the best
-    point, are evaluated without screening, which would cost more than it saves there.
-    """
-    b = best[1]
-    i = int(np.searchsorted(grid, b))
-    lo = float(grid[i - 1]) if i > 0 else low_edge
-    hi = float(grid[i + 1]) if i + 1 < grid.size else b
-
-    def narrow(points: NDArray[np.float64], screen: bool) -> tuple[float, float]:
-        candidates = points[points != best[1]]
-        evaluate(promising(candidates) if screen else candidates)
-        edges = np.unique(np.concatenate([[lo, hi, best[1]], points]))
-        j = int(np.searchsorted(edges, best[1]))
-        return float(edges[max(j - 1, 0)]), float(edges[min(j + 1, edges.size - 1)])
-
-    while hi - lo >= 4.0:
-        inside = np.arange(math.floor(lo) + 1, math.ceil(hi), dtype=np.float64)
-        inside = inside[(inside > lo) & (inside < hi)]
-        if inside.size <= _MAX_INTEGER_BATCH:
-            lo, hi = narrow(inside, screen=True)
-            break
-        lo, hi = narrow(np.unique(np.round(np.geomspace(inside[0], inside[-1], _MAX_INTEGER_BATCH))), screen=True)
-    for _ in range(_ZOOM_MAX_ROUNDS):
-        if hi - lo <= _ZOOM_RTOL * best[1]:
-            return
-        lo, hi = narrow(np.linspace(lo, hi, _ZOOM_POINTS + 2)[1:-1], screen=False)

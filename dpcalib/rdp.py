@@ -30,6 +30,7 @@ __all__ = [
     "MIN_ORDER",
     "gaussian_rdp",
     "poisson_gaussian_rdp",
+    "poisson_curve",
     "without_replacement_gaussian_rdp",
     "check_orders",
 ]
@@ -56,6 +57,8 @@ _MOMENT_MAX_S = 0.05
 _MOMENT_MAX_AQS = 0.1
 _MOMENT_TERMS = 24
 _HERMITE_NODES = 60
+# Integer orders up to this one share a per-q table of their binomial terms (see _integer_table).
+_TABLE_TOP = 64
 
 
 def check_orders(orders: ArrayLike) -> NDArray[np.float64]:
@@ -81,24 +84,28 @@ def poisson_gaussian_rdp(q: float, sigma: float, orders: ArrayLike) -> NDArray[n
     binomial coefficients kept, or, when the two Gaussians are close (σ ≥ 20, αq/σ ≤ 0.1), the moment series
     ``A_α - 1 = Σ_k C(α,k) q^k E[(r - 1)^k]`` (same paper, Sec. 3.2). q = 1 is the Gaussian α/(2σ²).
     """
-    q = check.rate("q", q)
-    sigma = check.positive("sigma", sigma)
-    alpha = check_orders(orders)
+    return poisson_curve(check.rate("q", q), check.positive("sigma", sigma), check_orders(orders))
+
+
+def poisson_curve(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+    """:func:`poisson_gaussian_rdp` for arguments already validated (a float q in (0, 1], a float σ > 0, and a
+    1-d float array of orders > 1): the accountants' inner loop, which evaluates the same curve many times."""
     if q == 1.0:
         return alpha / (2.0 * sigma * sigma)
     integer = alpha == np.round(alpha)
+    if integer.all():
+        return np.logaddexp(0.0, _log_a_minus_1_int(q, sigma, alpha)) / (alpha - 1.0)
     log_am1 = np.empty_like(alpha)
     if integer.any():
         log_am1[integer] = _log_a_minus_1_int(q, sigma, alpha[integer])
     frac = ~integer
-    if frac.any():
-        s = 1.0 / sigma
-        moment = frac & (s <= _MOMENT_MAX_S) & (alpha * q * s <= _MOMENT_MAX_AQS)
-        series = frac & ~moment
-        if moment.any():
-            log_am1[moment] = _log_a_minus_1_moments(q, sigma, alpha[moment])
-        if series.any():
-            log_am1[series] = _log_a_minus_1_frac(q, sigma, alpha[series])
+    s = 1.0 / sigma
+    moment = frac & (s <= _MOMENT_MAX_S) & (alpha * q * s <= _MOMENT_MAX_AQS)
+    series = frac & ~moment
+    if moment.any():
+        log_am1[moment] = _log_a_minus_1_moments(q, sigma, alpha[moment])
+    if series.any():
+        log_am1[series] = _log_a_minus_1_frac(q, sigma, alpha[series])
     return np.logaddexp(0.0, log_am1) / (alpha - 1.0)
 
 
@@ -165,7 +172,15 @@ def _log_binom(alpha: NDArray[np.float64], k: NDArray[np.float64]) -> NDArray[np
 
 
 def _log_a_minus_1_int(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
-    """log(A_α - 1) at integer orders: a log-sum-exp of positive binomial terms (see poisson_gaussian_rdp)."""
+    """log(A_α - 1) at integer orders: a log-sum-exp of positive binomial terms (see poisson_gaussian_rdp).
+
+    Orders up to :data:`_TABLE_TOP` (the ones every order search evaluates) use :func:`_integer_table`, which
+    holds everything but the σ-dependent factor exp(k(k-1)/(2σ²)) - 1 for all of them at once."""
+    if alpha.max() <= _TABLE_TOP:
+        k_index, base, starts = _integer_table(q)
+        kk = np.arange(2.0, _TABLE_TOP + 1.0)
+        terms = base + _log_expm1(kk * (kk - 1.0) / (2.0 * sigma * sigma))[k_index]
+        return _segment_logsumexp(terms, starts)[alpha.astype(np.intp) - 2]
     a, k, starts = _segments(alpha, 2)
     terms = (
         _log_binom(a, k)
@@ -174,6 +189,17 @@ def _log_a_minus_1_int(q: float, sigma: float, alpha: NDArray[np.float64]) -> ND
         + _log_expm1(k * (k - 1.0) / (2.0 * sigma * sigma))
     )
     return _segment_logsumexp(terms, starts)
+
+
+@functools.lru_cache(maxsize=32)
+def _integer_table(q: float) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.intp]]:
+    """For the integer orders 2 … _TABLE_TOP at rate q: the flattened (α, k) pairs' index k - 2, their σ-free part
+    log C(α,k) + (α-k) log(1-q) + k log q, and each order's segment start (built once per q)."""
+    a, k, starts = _segments(np.arange(2.0, _TABLE_TOP + 1.0), 2)
+    base = _log_binom(a, k) + (a - k) * math.log1p(-q) + k * math.log(q)
+    for array in (base, starts):
+        array.setflags(write=False)
+    return (k - 2.0).astype(np.intp), base, starts
 
 
 def _log_w_m_phi(x: NDArray[np.float64], t: NDArray[np.float64], z0: float, sigma: float, log_w: float) -> NDArray[np.float64]:
@@ -208,26 +234,22 @@ def _log_a_minus_1_frac(q: float, sigma: float, alpha: NDArray[np.float64]) -> N
     even for α = 1.01 and q near 1 (tested against mpmath quadrature of the defining integral).
     """
     n_terms = int(np.ceil(alpha.max())) + 2 + _TAIL_TERMS + _EULER_AVERAGINGS
+    first, comp, z0 = _first_series(q, sigma, n_terms)
     k = np.arange(n_terms, dtype=np.float64)
     a = alpha[:, None]
-    shape = (alpha.size, n_terms)
     log_1mq = math.log1p(-q)
-    log_w = math.log(q) - log_1mq
-    z0 = sigma * sigma * (-log_w) + 0.5
-    # log|C(α,k)| by the product C(α,k) = Π_{i=1}^{k} (α - i + 1)/i; its sign flips with every i > α + 1
-    log_c = np.zeros(shape)
-    np.cumsum(np.log(np.abs(a - k[1:] + 1.0) / k[1:]), axis=1, out=log_c[:, 1:])
-    sign_c = np.where(np.maximum(k - np.floor(a) - 1.0, 0.0) % 2.0 == 1.0, -1.0, 1.0)
-    # one call for: the first series (x = k), the second (x = α - k), and the complements of k = 0, 1
-    x = np.concatenate([np.broadcast_to(k, shape).ravel(), (a - k).ravel(), [0.0, 1.0]])
-    t = np.concatenate([np.broadcast_to((z0 - k) / sigma, shape).ravel(), ((a - k - z0) / sigma).ravel(),
-                        [-z0 / sigma, (1.0 - z0) / sigma]])
-    h = _log_w_m_phi(x, t, z0, sigma, log_w)
-    size = alpha.size * n_terms
-    first, second, comp = h[:size].reshape(shape), h[size:2 * size].reshape(shape), h[2 * size:]
+    # C(α,k) = Π_{i=1}^{k} (α - i + 1)/i: its log-magnitude and its sign (which flips with every i > α + 1)
+    factors = a - k[:-1]
+    log_c = np.zeros((alpha.size, n_terms))
+    np.cumsum(np.log(np.abs(factors)) - np.log(k[1:]), axis=1, out=log_c[:, 1:])
+    sign_c = np.ones((alpha.size, n_terms))
+    np.cumprod(np.sign(factors), axis=1, out=sign_c[:, 1:])
+    # the second series (x = α - k); the first (x = k) depends on q and σ only
+    x = a - k
+    second = _log_w_m_phi(x.ravel(), ((x - z0) / sigma).ravel(), z0, sigma, math.log(q) - log_1mq).reshape(x.shape)
     log_terms = np.logaddexp(first, second)
     # k = 0, 1 of the first series: replace Φ by -Φ̄ (the "1" is handled through B below)
-    log_terms[:, :2], sign_c[:, :2] = _logsubexp(second[:, :2], comp[None, :])
+    log_terms[:, :2], sign_c[:, :2] = _logsubexp(second[:, :2], comp)
     log_terms += log_c + a * log_1mq
     log_b, sign_b = _log_b(q, alpha)
     top = np.maximum(log_terms.max(axis=1), log_b)
@@ -237,6 +259,23 @@ def _log_a_minus_1_frac(q: float, sigma: float, alpha: NDArray[np.float64]) -> N
     total = partial[:, -(_EULER_AVERAGINGS + 1):] @ _EULER_WEIGHTS
     with np.errstate(divide="ignore"):
         return top + np.log(np.maximum(total, 0.0))
+
+
+@functools.lru_cache(maxsize=8)
+def _first_series(q: float, sigma: float, n_terms: int) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """The order-independent parts of :func:`_log_a_minus_1_frac` at (q, σ): log(w^k M_k Φ((z0 - k)/σ)) for
+    k < n_terms, the log Φ-complements of its k = 0, 1 terms, and the split point z0 (kept for the next order:
+    an order search evaluates one (q, σ) at many orders)."""
+    log_w = math.log(q) - math.log1p(-q)
+    z0 = sigma * sigma * (-log_w) + 0.5
+    k = np.arange(n_terms, dtype=np.float64)
+    x = np.concatenate([k, [0.0, 1.0]])
+    t = np.concatenate([(z0 - k) / sigma, [-z0 / sigma, (1.0 - z0) / sigma]])
+    h = _log_w_m_phi(x, t, z0, sigma, log_w)
+    first, comp = h[:n_terms], h[n_terms:]
+    for array in (first, comp):
+        array.setflags(write=False)
+    return first, comp, z0
 
 
 def _logsubexp(log_x: NDArray[np.float64], log_y: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -256,17 +295,32 @@ def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], N
     """
     am1 = alpha - 1.0
     series = (am1 * q < 0.1) & (q < 0.1)
-    log1pb = np.empty_like(alpha)
-    if series.any():
-        m = am1[series][:, None]
-        nn = np.arange(2, 40, dtype=np.float64)[None, :]
-        coef = (np.where(nn % 2 == 0, -1.0, 1.0) * (m * q) ** nn - m * q**nn) / nn
-        log1pb[series] = coef.sum(axis=1)
-    direct = ~series
-    log1pb[direct] = am1[direct] * math.log1p(-q) + np.log1p(am1[direct] * q)
+    if series.all():
+        log1pb = _b_series(q, am1)
+    else:
+        log1pb = am1 * math.log1p(-q) + np.log1p(am1 * q)
+        if series.any():
+            log1pb[series] = _b_series(q, am1[series])
     b = np.expm1(log1pb)
     with np.errstate(divide="ignore"):
         return np.log(np.abs(b)), np.sign(b)
+
+
+def _b_series(q: float, am1: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Σ_{n=2}^{39} qⁿ/n [(-1)^{n+1} (α-1)ⁿ - (α-1)] for q < 0.1 and (α-1)q < 0.1 (see :func:`_log_b`)."""
+    signed, q_sum = _b_series_coefficients(q)
+    return np.power((am1 * q)[:, None], _B_POWERS) @ signed - am1 * q_sum
+
+
+_B_POWERS = np.arange(2, 40, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=32)
+def _b_series_coefficients(q: float) -> tuple[NDArray[np.float64], float]:
+    """(-1)^{n+1}/n for n = 2 … 39, and Σ_n qⁿ/n over the same n (constants of :func:`_b_series` at rate q)."""
+    signed = np.where(_B_POWERS % 2.0 == 0.0, -1.0, 1.0) / _B_POWERS
+    signed.setflags(write=False)
+    return signed, float(np.sum(q**_B_POWERS / _B_POWERS))
 
 
 @functools.lru_cache(maxsize=1)
