@@ -24,6 +24,7 @@ from .calibrate import (
     calibrate_sigma,
     calibrate_sigma_for,
     calibrate_steps,
+    calibrate_steps_for,
     delta,
     epsilon,
     event_delta,
@@ -46,9 +47,14 @@ from .events import (
     PoissonSampled,
     Repeated,
     SampledWithoutReplacement,
+    Sampler,
+    ShuffledEpoch,
     dpsgd_event,
     event_from_dict,
     event_to_dict,
+    sampler_of,
+    shuffled_epochs,
+    training_event,
 )
 from . import validation
 from .rdp import DEFAULT_ORDERS, gaussian_rdp, poisson_gaussian_rdp, without_replacement_gaussian_rdp
@@ -65,6 +71,7 @@ __all__ = [
     "calibrate_sigma",
     "calibrate_sigma_for",
     "calibrate_steps",
+    "calibrate_steps_for",
     "calibrate_q",
     # accountants
     "Accountant",
@@ -78,10 +85,15 @@ __all__ = [
     "Gaussian",
     "PoissonSampled",
     "SampledWithoutReplacement",
+    "ShuffledEpoch",
     "Repeated",
     "Composed",
     "Neighbouring",
+    "Sampler",
+    "sampler_of",
+    "shuffled_epochs",
     "dpsgd_event",
+    "training_event",
     "event_to_dict",
     "event_from_dict",
     # RDP curves and conversion

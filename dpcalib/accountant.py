@@ -33,8 +33,12 @@ from .events import (
     PoissonSampled,
     Repeated,
     SampledWithoutReplacement,
+    Sampler,
+    ShuffledEpoch,
+    as_sampler,
     event_from_dict,
     event_to_dict,
+    sampler_of,
 )
 from . import validation as check
 
@@ -47,7 +51,7 @@ __all__ = [
     "accountant_from_state_dict",
 ]
 
-_EVENT_TYPES = (Gaussian, PoissonSampled, SampledWithoutReplacement, Repeated, Composed)
+_EVENT_TYPES = (Gaussian, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed)
 
 
 class Accountant(abc.ABC):
@@ -55,19 +59,64 @@ class Accountant(abc.ABC):
 
     Subclasses keep the list of composed events (as ``(event, count)`` pairs, consecutive equal events merged)
     so that ``state_dict`` can serialise them and ``from_state_dict`` can replay them exactly.
+
+    Every accountant is a ledger of one batch sampler (:class:`~dpcalib.events.Sampler`): declared with
+    ``sampler=...`` or taken from the first sampled event composed. Composing an event of another sampler, or
+    loading a state dict of another sampler (:func:`accountant_from_state_dict` with ``sampler=``), raises
+    :class:`InvalidArgumentError`. The neighbouring relation, which sets the sensitivity (:meth:`unit_sigma`),
+    is the one given, else the declared sampler's (add/remove for ``poisson``, replace-one for ``fixed`` and
+    ``shuffle``), else that of the first sampled event composed (add/remove until then). It applies to the whole
+    ledger, events composed before it was settled included.
     """
 
     #: the short name used by ``accountant="..."`` arguments and ``--accountant`` in the CLI
     name: str = ""
 
-    def __init__(self, neighbouring: Neighbouring | str = Neighbouring.ADD_REMOVE) -> None:
+    def __init__(self, neighbouring: Neighbouring | str | None = None, sampler: Sampler | str | None = None) -> None:
+        self.sampler: Sampler | None = None if sampler is None else as_sampler(sampler)
+        self._relation_settled = neighbouring is not None or sampler is not None
+        if neighbouring is None:
+            neighbouring = Neighbouring.ADD_REMOVE if self.sampler is None else self.sampler.neighbouring
         try:
             self.neighbouring = Neighbouring(neighbouring)
         except ValueError:
             raise InvalidArgumentError(
                 "neighbouring", neighbouring, "one of " + ", ".join(repr(n.value) for n in Neighbouring)
             ) from None
+        if self.sampler is not None and self.neighbouring is not self.sampler.neighbouring:
+            raise InvalidArgumentError(
+                "neighbouring",
+                self.neighbouring.value,
+                f"{self.sampler.neighbouring.value!r} for the {self.sampler.value!r} sampler (or omitted)",
+            )
         self.history: list[tuple[Event, int]] = []
+
+    def unit_sigma(self, noise: Gaussian) -> float:
+        """The noise multiplier of ``noise`` per unit of L2 sensitivity under this accountant's relation:
+        σ / Δ with Δ = :attr:`~dpcalib.events.Neighbouring.sensitivity` (1 for add/remove, 2 for replace-one, in
+        units of the clipping norm). The one place where the relation's sensitivity enters the accounting."""
+        return noise.sigma / self.neighbouring.sensitivity
+
+    def _admit(self, event: Event) -> Neighbouring:
+        """Check that ``event`` belongs to this ledger's sampler; return the relation the ledger will have once
+        ``event`` is recorded (:meth:`_settle` records it)."""
+        kind = sampler_of(event)
+        if kind is None:
+            return self.neighbouring
+        if self.sampler is not None and kind is not self.sampler:
+            raise InvalidArgumentError(
+                "event", event, f"an event of the {self.sampler.value!r} sampler this ledger records (not {kind.value!r})"
+            )
+        return self.neighbouring if self._relation_settled else kind.neighbouring
+
+    def _settle(self, event: Event) -> None:
+        """Adopt the sampler (and, unless already settled, the relation) of ``event``, which :meth:`_admit` passed."""
+        kind = sampler_of(event)
+        if kind is not None and self.sampler is None:
+            self.sampler = kind
+            if not self._relation_settled:
+                self.neighbouring = kind.neighbouring
+            self._relation_settled = True
 
     @abc.abstractmethod
     def compose(self, event: Event, count: int = 1) -> "Accountant":
@@ -118,7 +167,11 @@ class Accountant(abc.ABC):
     def _state(self, options: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "accountant": self.name,
-            "options": dict(options, neighbouring=self.neighbouring.value),
+            "options": dict(
+                options,
+                neighbouring=self.neighbouring.value if self._relation_settled else None,
+                sampler=None if self.sampler is None else self.sampler.value,
+            ),
             "history": self._history_state(),
         }
 
@@ -126,7 +179,9 @@ class Accountant(abc.ABC):
 def _check_event(event: Any) -> Event:
     if not isinstance(event, _EVENT_TYPES):
         raise InvalidArgumentError(
-            "event", event, "a dpcalib event (Gaussian, PoissonSampled, SampledWithoutReplacement, Repeated, Composed)"
+            "event",
+            event,
+            "a dpcalib event (Gaussian, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed)",
         )
     return event
 
@@ -150,15 +205,19 @@ class RdpAccountant(Accountant):
 
     Args:
         orders: the RDP order grid (default :data:`dpcalib.rdp.DEFAULT_ORDERS`, a superset of dp_accounting's).
-        neighbouring: ``"add_remove"`` (Poisson sampling, Gaussian) or ``"replace_one"`` (fixed-size sampling
-            without replacement, Gaussian).
+        neighbouring: ``"add_remove"`` (Poisson sampling) or ``"replace_one"`` (fixed-size batches, shuffling);
+            by default the sampler's relation, or add/remove.
         conversion: ``"improved"`` (Canonne–Kamath–Steinke 2020 / Balle et al. 2020, plus the KL rule; default)
             or ``"classic"`` (Mironov 2017), see :mod:`dpcalib.conversion`.
         refine: zoom in around the best grid order (never gives a larger ε than the grid alone).
+        sampler: the batch sampler this ledger records (see :class:`Accountant`).
 
-    Supported events: ``Gaussian``; ``PoissonSampled(q, Gaussian)`` under add/remove (Mironov, Talwar, Zhang
-    2019, exact); ``SampledWithoutReplacement(n, batch, Gaussian)`` under replace-one (Wang, Balle,
-    Kasiviswanathan 2019); any ``Repeated``/``Composed`` nesting of those.
+    Supported events, with σ the noise multiplier (noise std / clipping norm C) and σ' = σ/Δ the multiplier per
+    unit of sensitivity (Δ = 1 for add/remove, 2 for replace-one; :meth:`Accountant.unit_sigma`):
+    ``Gaussian(σ)``: α/(2σ'²) (Mironov 2017, Prop. 7); ``PoissonSampled(q, Gaussian)`` under add/remove (Mironov,
+    Talwar, Zhang 2019, exact); ``SampledWithoutReplacement(n, batch, Gaussian)`` under replace-one (Wang, Balle,
+    Kasiviswanathan 2019, Theorem 9 with ε(j) = j/(2σ'²)); ``ShuffledEpoch(n, batch, Gaussian)`` under
+    replace-one: α/(2σ'²) per epoch, no amplification; any ``Repeated``/``Composed`` nesting of those.
     """
 
     name = "rdp"
@@ -166,44 +225,66 @@ class RdpAccountant(Accountant):
     def __init__(
         self,
         orders: ArrayLike | None = None,
-        neighbouring: Neighbouring | str = Neighbouring.ADD_REMOVE,
+        neighbouring: Neighbouring | str | None = None,
         conversion: str = "improved",
         refine: bool = True,
+        sampler: Sampler | str | None = None,
     ) -> None:
-        super().__init__(neighbouring)
+        super().__init__(neighbouring, sampler)
         self.orders: tuple[float, ...] | None = None if orders is None else tuple(rdp.check_orders(orders).tolist())
         if conversion not in METHODS:
             raise InvalidArgumentError("conversion", conversion, "one of " + ", ".join(repr(m) for m in METHODS))
         self.conversion = conversion
         self.refine = bool(refine)
+        self._leaves: list[tuple[Event, int]] | None = None
 
     def compose(self, event: Event, count: int = 1) -> "RdpAccountant":
         count = check.count("count", count)
+        neighbouring = self._admit(event)
         for leaf in leaf_counts(event):
-            self._check_leaf(leaf)
+            self._check_leaf(leaf, neighbouring)
+        self._settle(event)
         self._record(event, count)
+        self._leaves = None
         return self
 
-    def _check_leaf(self, leaf: Event) -> None:
+    @staticmethod
+    def _check_leaf(leaf: Event, neighbouring: Neighbouring) -> None:
         if isinstance(leaf, Gaussian):
             return
         if not isinstance(leaf.event, Gaussian):  # type: ignore[union-attr]
             raise UnsupportedEventError(f"RdpAccountant supports sampling of a Gaussian event only, not {leaf!r}")
-        if isinstance(leaf, PoissonSampled) and self.neighbouring is not Neighbouring.ADD_REMOVE:
+        if isinstance(leaf, PoissonSampled) and neighbouring is not Neighbouring.ADD_REMOVE:
             raise UnsupportedEventError("PoissonSampled events need neighbouring='add_remove' in RdpAccountant")
-        if isinstance(leaf, SampledWithoutReplacement) and self.neighbouring is not Neighbouring.REPLACE_ONE:
-            raise UnsupportedEventError("SampledWithoutReplacement events need neighbouring='replace_one' (Wang et al. 2019)")
+        if isinstance(leaf, (SampledWithoutReplacement, ShuffledEpoch)) and neighbouring is not Neighbouring.REPLACE_ONE:
+            raise UnsupportedEventError(
+                f"{type(leaf).__name__} events need neighbouring='replace_one' (the dataset size is fixed)"
+            )
 
     def rdp(self, orders: ArrayLike) -> NDArray[np.float64]:
         """The RDP curve of everything composed so far at ``orders`` (sum over events of count × curve)."""
-        alpha = rdp.check_orders(orders)
-        counts: dict[Event, int] = {}
-        for event, count in self.history:
-            leaf_counts(event, count, counts)
+        return self._curve(rdp.check_orders(orders))
+
+    def _curve(self, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+        """:meth:`rdp` at validated orders; the composed leaves are merged once per composition."""
+        if self._leaves is None:
+            counts: dict[Event, int] = {}
+            for event, count in self.history:
+                leaf_counts(event, count, counts)
+            self._leaves = list(counts.items())
         total = np.zeros_like(alpha)
-        for leaf, count in counts.items():
-            total += count * _leaf_rdp(leaf, alpha)
+        for leaf, count in self._leaves:
+            total += count * self._leaf_rdp(leaf, alpha)
         return total
+
+    def _leaf_rdp(self, leaf: Event, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The RDP of one run of a leaf event, at the relation's sensitivity."""
+        sigma = self.unit_sigma(leaf if isinstance(leaf, Gaussian) else leaf.event)  # type: ignore[union-attr, arg-type]
+        if isinstance(leaf, PoissonSampled):
+            return rdp.poisson_curve(leaf.q, sigma, alpha)
+        if isinstance(leaf, SampledWithoutReplacement):
+            return rdp.without_replacement_gaussian_rdp(leaf.n, leaf.batch, sigma, alpha)
+        return alpha / (2.0 * sigma * sigma)  # Gaussian, and ShuffledEpoch: one Gaussian per epoch
 
     def epsilon_and_order(self, delta: float) -> tuple[float, float]:
         """The smallest ε at ``delta`` over the order grid (refined), and the order attaining it."""
@@ -216,7 +297,7 @@ class RdpAccountant(Accountant):
 
     def delta_and_order(self, eps: float) -> tuple[float, float]:
         """The smallest δ at ``eps`` over the order grid (refined), and the order attaining it."""
-        result = optimise_delta(self.rdp, eps, self.orders, self.conversion, self.refine)
+        result = optimise_delta(self._curve, eps, self.orders, self.conversion, self.refine)
         return result.value, result.order
 
     def delta(self, eps: float) -> float:
@@ -224,7 +305,7 @@ class RdpAccountant(Accountant):
         return self.delta_and_order(eps)[0]
 
     def _convert_epsilon(self, delta: float, warn: bool) -> Conversion:
-        return optimise_epsilon(self.rdp, delta, self.orders, self.conversion, self.refine, warn)
+        return optimise_epsilon(self._curve, delta, self.orders, self.conversion, self.refine, warn)
 
     def state_dict(self) -> dict[str, Any]:
         return self._state(
@@ -239,14 +320,6 @@ class RdpAccountant(Accountant):
     def from_state_dict(cls, state: Mapping[str, Any]) -> "RdpAccountant":
         options = _options_of(state, cls)
         return cls(**options)._replay(state.get("history"))  # type: ignore[return-value]
-
-
-def _leaf_rdp(leaf: Event, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
-    if isinstance(leaf, Gaussian):
-        return rdp.gaussian_rdp(leaf.sigma, alpha)
-    if isinstance(leaf, PoissonSampled):
-        return rdp.poisson_gaussian_rdp(leaf.q, leaf.event.sigma, alpha)  # type: ignore[union-attr]
-    return rdp.without_replacement_gaussian_rdp(leaf.n, leaf.batch, leaf.event.sigma, alpha)  # type: ignore[union-attr]
 
 
 def _options_of(state: Mapping[str, Any], cls: type[Accountant]) -> dict[str, Any]:
@@ -281,10 +354,21 @@ def make_accountant(name: str, **options: Any) -> Accountant:
     return cls(**options)
 
 
-def accountant_from_state_dict(state: Mapping[str, Any]) -> Accountant:
-    """Rebuild any registered accountant from its :meth:`Accountant.state_dict`, dispatching on ``state["accountant"]``."""
+def accountant_from_state_dict(state: Mapping[str, Any], sampler: Sampler | str | None = None) -> Accountant:
+    """Rebuild any registered accountant from its :meth:`Accountant.state_dict`, dispatching on ``state["accountant"]``.
+
+    With ``sampler``, the state must be a ledger of that sampler (or of none yet, and then it becomes one):
+    a training run resuming with Poisson sampling refuses the ledger of a shuffled run, and so on."""
     name = state.get("accountant") if isinstance(state, Mapping) else None
-    return _check_name(name).from_state_dict(state)
+    cls = _check_name(name)
+    if sampler is None:
+        return cls.from_state_dict(state)
+    expected = as_sampler(sampler)
+    options = _options_of(state, cls)
+    recorded = options.get("sampler")
+    if recorded is not None and recorded != expected.value:
+        raise InvalidArgumentError("state", state, f"a state_dict of the {expected.value!r} sampler (it records {recorded!r})")
+    return cls.from_state_dict(dict(state, options=dict(options, sampler=expected.value)))
 
 
 class PldAccountant(Accountant):
@@ -297,39 +381,41 @@ class PldAccountant(Accountant):
     one at tiny ε on a coarse grid, or below the PLD's truncated mass).
 
     Args:
-        neighbouring: ``"add_remove"`` only; sampling without replacement under replace-one has no PLD here
-            (use ``accountant="rdp"``), so other relations raise :class:`UnsupportedEventError`.
+        neighbouring: ``"add_remove"`` (Poisson sampling), or ``"replace_one"`` for shuffled epochs and full-batch
+            Gaussians; by default the sampler's relation, or add/remove.
         value_discretization_interval: the grid interval Δ of the privacy loss (nats). ``None`` (default) picks
             :func:`dpcalib.pld.default_interval`, which keeps ε within 0.5 % above the true value on DP-SGD
             settings; smaller is tighter and slower.
 
-    Supported events: ``Gaussian`` and ``PoissonSampled(q, Gaussian)``, in any ``Repeated``/``Composed`` nesting.
+        sampler: the batch sampler this ledger records (see :class:`Accountant`).
+
+    Supported events: ``Gaussian``, ``PoissonSampled(q, Gaussian)`` under add/remove, and
+    ``ShuffledEpoch(n, batch, Gaussian)`` under replace-one (one Gaussian per epoch, at the relation's
+    sensitivity: :meth:`Accountant.unit_sigma`), in any ``Repeated``/``Composed`` nesting.
     """
 
     name = "pld"
 
     def __init__(
         self,
-        neighbouring: Neighbouring | str = Neighbouring.ADD_REMOVE,
+        neighbouring: Neighbouring | str | None = None,
         value_discretization_interval: float | None = None,
+        sampler: Sampler | str | None = None,
     ) -> None:
-        super().__init__(neighbouring)
-        if self.neighbouring is not Neighbouring.ADD_REMOVE:
-            raise UnsupportedEventError(
-                "PldAccountant supports neighbouring='add_remove' (Poisson sampling) only; "
-                "use accountant='rdp' for replace-one and sampling without replacement"
-            )
+        super().__init__(neighbouring, sampler)
         if value_discretization_interval is not None:
             value_discretization_interval = check.positive("value_discretization_interval", value_discretization_interval)
         self.value_discretization_interval = value_discretization_interval
-        self._rdp = RdpAccountant(neighbouring=self.neighbouring)
+        self._rdp = RdpAccountant(neighbouring=neighbouring, sampler=sampler)
         self._distribution: pld.SubsampledGaussianPld | None = None
 
     def compose(self, event: Event, count: int = 1) -> "PldAccountant":
         count = check.count("count", count)
+        neighbouring = self._admit(event)
         for leaf in leaf_counts(event):
-            _pld_phase(leaf, 1)
+            self._phase(leaf, 1, neighbouring)
         self._rdp.compose(event, count)
+        self._settle(event)
         self._record(event, count)
         self._distribution = None
         return self
@@ -342,7 +428,7 @@ class PldAccountant(Accountant):
                 leaf_counts(event, count, counts)
             merged: dict[tuple[float, float], int] = {}
             for leaf, count in counts.items():
-                phase = _pld_phase(leaf, count)
+                phase = self._phase(leaf, count)
                 merged[phase.q, phase.sigma] = merged.get((phase.q, phase.sigma), 0) + count
             phases = [pld.Phase(q, sigma, count) for (q, sigma), count in merged.items()]
             self._distribution = pld.SubsampledGaussianPld(phases, interval=self.value_discretization_interval)
@@ -370,16 +456,24 @@ class PldAccountant(Accountant):
         return cls(**_options_of(state, cls))._replay(state.get("history"))  # type: ignore[return-value]
 
 
-def _pld_phase(leaf: Event, count: int) -> pld.Phase:
-    """The PLD phase of ``count`` runs of a leaf event, or :class:`UnsupportedEventError`."""
-    if isinstance(leaf, Gaussian):
-        return pld.Phase(1.0, leaf.sigma, count)
-    if isinstance(leaf, PoissonSampled) and isinstance(leaf.event, Gaussian):
-        return pld.Phase(leaf.q, leaf.event.sigma, count)
-    raise UnsupportedEventError(
-        f"PldAccountant supports Gaussian and PoissonSampled(q, Gaussian) events only, not {leaf!r}; "
-        "use accountant='rdp' for sampling without replacement"
-    )
+    def _phase(self, leaf: Event, count: int, neighbouring: Neighbouring | None = None) -> pld.Phase:
+        """The PLD phase of ``count`` runs of a leaf event, or :class:`UnsupportedEventError` if it has none under
+        ``neighbouring`` (default: the ledger's relation)."""
+        neighbouring = self.neighbouring if neighbouring is None else neighbouring
+        if isinstance(leaf, Gaussian):
+            return pld.Phase(1.0, self.unit_sigma(leaf), count)
+        if isinstance(leaf, ShuffledEpoch) and isinstance(leaf.event, Gaussian):
+            return pld.Phase(1.0, self.unit_sigma(leaf.event), count)  # one Gaussian per epoch, no amplification
+        if (
+            isinstance(leaf, PoissonSampled)
+            and isinstance(leaf.event, Gaussian)
+            and neighbouring is Neighbouring.ADD_REMOVE
+        ):
+            return pld.Phase(leaf.q, self.unit_sigma(leaf.event), count)
+        raise UnsupportedEventError(
+            f"PldAccountant supports Gaussian, PoissonSampled(q, Gaussian) under add_remove and ShuffledEpoch "
+            f"events, not {leaf!r} under {neighbouring.value}; use accountant='rdp' for sampling without replacement"
+        )
 
 
 ACCOUNTANTS["pld"] = PldAccountant

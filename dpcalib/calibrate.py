@@ -39,6 +39,7 @@ __all__ = [
     "calibrate_sigma",
     "calibrate_sigma_for",
     "calibrate_steps",
+    "calibrate_steps_for",
     "calibrate_q",
 ]
 
@@ -158,19 +159,41 @@ def calibrate_steps(
     eps, delta, _ = _check_target(eps, delta, 1e-6)
     sigma = check.positive("sigma", sigma)
     q = check.rate("q", q)
+    return _largest_count(
+        lambda steps: dpsgd_event(sigma=sigma, q=q, steps=steps), eps, delta, accountant, options, f"sigma={sigma:g}, q={q:g}"
+    )
+
+
+def calibrate_steps_for(
+    make_event: Callable[[int], Event], *, eps: float, delta: float, accountant: str = "rdp", **options: Any
+) -> int:
+    """The largest step count T with ε(make_event(T)) ≤ ``eps`` at ``delta``; verified. ``make_event`` must give
+    events whose ε does not decrease with T (e.g. ``lambda t: training_event("shuffle", sigma=1, steps=t, ...)``,
+    constant within an epoch, so the count returned ends an epoch)."""
+    eps, delta, _ = _check_target(eps, delta, 1e-6)
+    return _largest_count(make_event, eps, delta, accountant, options, "these settings")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _largest_count(
+    make_event: Callable[[int], Event], eps: float, delta: float, accountant: str, options: dict[str, Any], what: str
+) -> int:
+    """Doubling then integer bisection for the largest T in [1, STEPS_MAX] with ε(make_event(T)) ≤ eps."""
 
     def fits(steps: int) -> bool:
-        return _quiet_epsilon(dpsgd_event(sigma=sigma, q=q, steps=steps), delta, accountant, options) <= eps
+        return _quiet_epsilon(make_event(steps), delta, accountant, options) <= eps
 
     if not fits(1):
-        raise UnreachableTargetError(f"even one step at sigma={sigma:g}, q={q:g} exceeds eps={eps:g} at delta={delta:g}")
+        raise UnreachableTargetError(f"even one step at {what} exceeds eps={eps:g} at delta={delta:g}")
     good, bad = 1, 2
     while fits(bad):
         good = bad
         if bad >= STEPS_MAX:
             raise UnreachableTargetError(
                 f"eps={eps:g} at delta={delta:g} is met for every step count up to {STEPS_MAX:g}: the budget does not "
-                "limit training at this sigma and q"
+                f"limit training at {what}"
             )
         bad = min(2 * bad, STEPS_MAX)
     while bad - good > 1:
@@ -180,9 +203,6 @@ def calibrate_steps(
         else:
             bad = mid
     return good
-
-
-# ------------------------------------------------------------------------------------------------ helpers
 
 
 def _dpsgd(sigma: float, q: float, steps: int) -> Event:

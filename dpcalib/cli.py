@@ -1,9 +1,11 @@
 """``dpcalib``: privacy accounting and noise calibration for DP-SGD from the shell.
 
 Commands: ``sigma`` (noise for a budget), ``epsilon`` (ε of a run), ``delta`` (δ of a run), ``steps`` (longest run
-within a budget), ``compare`` (the same question under every registered accountant) and ``curve`` (ε against
+steps), ``compare`` (the same question under every registered accountant) and ``curve`` (ε against
 steps). Every command takes ``--accountant``, ``--json``, and either ``--q/--steps`` or
-``--epochs/--dataset-size/--batch-size`` (q = B/N, steps = ⌈E·N/B⌉ so that the accounting never undercounts).
+``--epochs/--dataset-size/--batch-size`` (q = B/N, steps = ⌈E·N/B⌉ so that the accounting never undercounts),
+and ``--sampler poisson|fixed|shuffle`` (how batches are formed; ``fixed`` and ``shuffle`` take
+``--dataset-size/--batch-size`` with ``--steps`` or ``--epochs``; see :class:`dpcalib.events.Sampler`).
 
 Bad input exits with status 2 and one line on stderr naming the argument; never a traceback.
 """
@@ -22,9 +24,9 @@ import click
 
 from . import __version__
 from .accountant import ACCOUNTANTS, make_accountant
-from .calibrate import calibrate_sigma, calibrate_steps
-from .errors import DpcalibError, InvalidArgumentError
-from .events import dpsgd_event
+from .calibrate import calibrate_sigma, calibrate_sigma_for, calibrate_steps, calibrate_steps_for
+from .errors import DpcalibError, InvalidArgumentError, UnsupportedEventError
+from .events import Event, Sampler, shuffled_epochs, training_event
 from . import validation as check
 
 __all__ = ["cli", "main", "run"]
@@ -34,19 +36,38 @@ _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 @dataclass(frozen=True)
 class Plan:
-    """The sampling rate and number of steps of a run, and the epoch view it came from (if any)."""
+    """The sampler, sampling rate and number of steps of a run, and the epoch view it came from (if any)."""
 
     q: float
     steps: int
     epochs: float | None = None
     dataset_size: int | None = None
     batch_size: int | None = None
+    sampler: Sampler = Sampler.POISSON
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"q": self.q, "steps": self.steps}
-        if self.epochs is not None:
+        if self.epochs is not None or self.sampler is not Sampler.POISSON:
             out.update(epochs=self.epochs, dataset_size=self.dataset_size, batch_size=self.batch_size)
+        out["sampler"] = self.sampler.value
+        if self.sampler is Sampler.SHUFFLE and self.steps:
+            out["epochs_accounted"] = self.accounted_epochs()
         return out
+
+    def with_steps(self, steps: int) -> "Plan":
+        """The same run with ``steps`` steps (and the epochs they make, if the run has a dataset size)."""
+        epochs = None if self.dataset_size is None else steps * self.q
+        return Plan(self.q, steps, epochs, self.dataset_size, self.batch_size, self.sampler)
+
+    def event(self, sigma: float) -> Event:
+        """The event this run releases at noise multiplier ``sigma``."""
+        return training_event(
+            self.sampler, sigma=sigma, steps=self.steps, q=self.q, dataset_size=self.dataset_size, batch_size=self.batch_size
+        )
+
+    def accounted_epochs(self) -> int:
+        """For ``shuffle``: the epochs accounted, ⌈steps / ⌊N/B⌋⌉ (see :func:`dpcalib.events.shuffled_epochs`)."""
+        return shuffled_epochs(self.steps, self.dataset_size, self.batch_size)  # type: ignore[arg-type]
 
 
 def _rate_from(dataset_size: int | None, batch_size: int | None) -> tuple[int, int]:
@@ -59,9 +80,13 @@ def _rate_from(dataset_size: int | None, batch_size: int | None) -> tuple[int, i
 
 def make_plan(
     q: float | None, steps: int | None, epochs: float | None, dataset_size: int | None, batch_size: int | None,
-    need_steps: bool = True,
+    need_steps: bool = True, sampler: str = "poisson",
 ) -> Plan:
-    """Resolve ``--q/--steps`` or ``--epochs/--dataset-size/--batch-size`` (never both) into a :class:`Plan`."""
+    """Resolve ``--q/--steps`` or ``--epochs/--dataset-size/--batch-size`` (never both) into a :class:`Plan`; with
+    ``--sampler fixed|shuffle``, ``--dataset-size/--batch-size`` and ``--steps`` or ``--epochs``."""
+    kind = Sampler(sampler)
+    if kind is not Sampler.POISSON:
+        return _fixed_size_plan(kind, q, steps, epochs, dataset_size, batch_size, need_steps)
     epoch_view = any(v is not None for v in (epochs, dataset_size, batch_size))
     if epoch_view and (q is not None or steps is not None):
         bad = "q" if q is not None else "steps"
@@ -90,13 +115,54 @@ def make_plan(
     return Plan(q=rate, steps=check.count("steps", steps))
 
 
+def _fixed_size_plan(
+    kind: Sampler, q: float | None, steps: int | None, epochs: float | None, dataset_size: int | None,
+    batch_size: int | None, need_steps: bool,
+) -> Plan:
+    """A :class:`Plan` for the fixed-size samplers: N and B always, and ``--steps`` or ``--epochs`` (one of them)."""
+    if q is not None:
+        raise InvalidArgumentError("q", q, f"omitted with --sampler {kind.value} (--dataset-size and --batch-size set it)")
+    n, b = _rate_from(dataset_size, batch_size)
+    if not need_steps:
+        for name, value in (("steps", steps), ("epochs", epochs)):
+            if value is not None:
+                raise InvalidArgumentError(name, value, "omitted here (this command finds the number of steps)")
+        return Plan(q=b / n, steps=0, dataset_size=n, batch_size=b, sampler=kind)
+    if steps is not None and epochs is not None:
+        raise InvalidArgumentError("steps", steps, "omitted when --epochs is given")
+    if steps is None and epochs is None:
+        raise click.UsageError(f"Missing option '--steps' (or '--epochs') for --sampler {kind.value}.")
+    if epochs is not None:
+        e = check.positive("epochs", epochs)
+        # fixed: E·N/B steps rounded up, as for poisson; shuffle: E epochs of ⌊N/B⌋ batches, so ⌈E⌉ are accounted
+        per_epoch = Fraction(n, b) if kind is Sampler.FIXED else Fraction(n // b)
+        count = max(math.ceil(Fraction(repr(e)) * per_epoch), 1)
+        return Plan(q=b / n, steps=count, epochs=e, dataset_size=n, batch_size=b, sampler=kind)
+    count = check.count("steps", steps)
+    return Plan(q=b / n, steps=count, epochs=count * b / n, dataset_size=n, batch_size=b, sampler=kind)
+
+
+def _sampler_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--sampler",
+        type=click.Choice([s.value for s in Sampler]),
+        default=Sampler.POISSON.value,
+        show_default=True,
+        help="how batches are formed: poisson (rate q), fixed (B of N without replacement each step; replace-one) "
+        "or shuffle (each record once per epoch; replace-one, no amplification claimed).",
+    )(func)
+
+
 def _plan_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--q", type=float, help="Poisson sampling rate per step, in (0, 1]."),
         click.option("--steps", type=int, help="number of noisy steps (integer >= 1)."),
         click.option("--epochs", type=float, help="alternative to --q/--steps: passes over the data (> 0)."),
-        click.option("--dataset-size", type=int, help="with --epochs: number of records N (q = B/N)."),
-        click.option("--batch-size", type=int, help="with --epochs: expected batch size B (steps = ceil(E*N/B))."),
+        click.option("--dataset-size", type=int, help="with --epochs, or --sampler fixed|shuffle: number of records N."),
+        click.option(
+            "--batch-size", type=int, help="with --dataset-size: batch size B (expected size for poisson: q = B/N)."
+        ),
+        _sampler_option,
     ]
     for option in reversed(options):
         func = option(func)
@@ -116,8 +182,23 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _epsilon_and_order(accountant: str, sigma: float, plan: Plan, delta: float) -> tuple[float, float | None]:
-    acc = make_accountant(accountant).compose(dpsgd_event(sigma=sigma, q=plan.q, steps=plan.steps))
+    acc = make_accountant(accountant, sampler=plan.sampler.value).compose(plan.event(sigma))
     return acc.epsilon_and_order(delta)
+
+
+def _calibrate_sigma(plan: Plan, eps: float, delta: float, accountant: str) -> float:
+    if plan.sampler is Sampler.POISSON:
+        return calibrate_sigma(eps=eps, delta=delta, q=plan.q, steps=plan.steps, accountant=accountant)
+    return calibrate_sigma_for(plan.event, eps=eps, delta=delta, accountant=accountant, sampler=plan.sampler.value)
+
+
+def _supports(accountant: str, plan: Plan) -> bool:
+    """Whether the accountant can account for the plan's sampler (e.g. PLD has no fixed-size sampling)."""
+    try:
+        make_accountant(accountant, sampler=plan.sampler.value).compose(plan.with_steps(1).event(1.0))
+    except UnsupportedEventError:
+        return False
+    return True
 
 
 def _emit(as_json: bool, record: dict[str, Any], text: str) -> None:
@@ -135,6 +216,15 @@ def _describe(plan: Plan) -> str:
     text = f"q = {plan.q:.6g}, steps = {plan.steps}"
     if plan.epochs is not None:
         text += f"  (epochs = {plan.epochs:g}, dataset size = {plan.dataset_size}, batch size = {plan.batch_size})"
+    return text + _sampler_note(plan)
+
+
+def _sampler_note(plan: Plan) -> str:
+    text = ""
+    if plan.sampler is Sampler.SHUFFLE:
+        text += f"\nsampler = shuffle: {plan.accounted_epochs()} epochs accounted, no amplification by sampling"
+    elif plan.sampler is Sampler.FIXED:
+        text += "\nsampler = fixed (batches without replacement, replace-one neighbours)"
     return text
 
 
@@ -158,16 +248,19 @@ def cli() -> None:
 @click.option("--delta", type=float, required=True, help="target delta, in (0, 1).")
 @_plan_options
 @_common_options
-def sigma(eps: float, delta: float, q, steps, epochs, dataset_size, batch_size, accountant: str, as_json: bool) -> None:
+def sigma(
+    eps: float, delta: float, q, steps, epochs, dataset_size, batch_size, sampler: str, accountant: str, as_json: bool
+) -> None:
     """The smallest noise multiplier sigma (noise std / clipping norm) meeting (eps, delta).
 
     \b
     Examples:
       dpcalib sigma --eps 2 --delta 1e-5 --q 0.01 --steps 1000
       dpcalib sigma --eps 8 --delta 1e-5 --epochs 30 --dataset-size 60000 --batch-size 256 --json
+      dpcalib sigma --eps 8 --delta 1e-5 --epochs 30 --dataset-size 60000 --batch-size 256 --sampler fixed
     """
-    plan = make_plan(q, steps, epochs, dataset_size, batch_size)
-    s = calibrate_sigma(eps=eps, delta=delta, q=plan.q, steps=plan.steps, accountant=accountant)
+    plan = make_plan(q, steps, epochs, dataset_size, batch_size, sampler=sampler)
+    s = _calibrate_sigma(plan, eps, delta, accountant)
     achieved, order = _epsilon_and_order(accountant, s, plan, delta)
     _emit(
         as_json,
@@ -183,14 +276,17 @@ def sigma(eps: float, delta: float, q, steps, epochs, dataset_size, batch_size, 
 @click.option("--delta", type=float, required=True, help="delta, in (0, 1).")
 @_plan_options
 @_common_options
-def epsilon(sigma_: float, delta: float, q, steps, epochs, dataset_size, batch_size, accountant: str, as_json: bool) -> None:
+def epsilon(
+    sigma_: float, delta: float, q, steps, epochs, dataset_size, batch_size, sampler: str, accountant: str, as_json: bool
+) -> None:
     """The epsilon (an upper bound) spent by a run at a given delta.
 
     \b
-    Example:
+    Examples:
       dpcalib epsilon --sigma 1.0 --delta 1e-5 --q 0.01 --steps 1000
+      dpcalib epsilon --sigma 1.1 --delta 1e-5 --steps 7000 --dataset-size 60000 --batch-size 256 --sampler shuffle
     """
-    plan = make_plan(q, steps, epochs, dataset_size, batch_size)
+    plan = make_plan(q, steps, epochs, dataset_size, batch_size, sampler=sampler)
     s = check.positive("sigma", sigma_)
     achieved, order = _epsilon_and_order(accountant, s, plan, delta)
     _emit(
@@ -205,17 +301,19 @@ def epsilon(sigma_: float, delta: float, q, steps, epochs, dataset_size, batch_s
 @click.option("--eps", type=float, required=True, help="epsilon (> 0).")
 @_plan_options
 @_common_options
-def delta(sigma_: float, eps: float, q, steps, epochs, dataset_size, batch_size, accountant: str, as_json: bool) -> None:
+def delta(
+    sigma_: float, eps: float, q, steps, epochs, dataset_size, batch_size, sampler: str, accountant: str, as_json: bool
+) -> None:
     """The delta (an upper bound) of a run at a given epsilon.
 
     \b
     Example:
       dpcalib delta --sigma 1.0 --eps 2 --q 0.01 --steps 1000
     """
-    plan = make_plan(q, steps, epochs, dataset_size, batch_size)
+    plan = make_plan(q, steps, epochs, dataset_size, batch_size, sampler=sampler)
     s = check.positive("sigma", sigma_)
     e = check.positive("eps", eps)
-    acc = make_accountant(accountant).compose(dpsgd_event(sigma=s, q=plan.q, steps=plan.steps))
+    acc = make_accountant(accountant, sampler=plan.sampler.value).compose(plan.event(s))
     value = acc.delta(e)
     _emit(
         as_json,
@@ -230,20 +328,29 @@ def delta(sigma_: float, eps: float, q, steps, epochs, dataset_size, batch_size,
 @click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
 @click.option("--q", type=float, help="Poisson sampling rate per step, in (0, 1].")
 @click.option("--dataset-size", type=int, help="alternative to --q: number of records N (q = B/N).")
-@click.option("--batch-size", type=int, help="with --dataset-size: expected batch size B.")
+@click.option("--batch-size", type=int, help="with --dataset-size: batch size B (expected size for poisson).")
+@_sampler_option
 @_common_options
-def steps(eps: float, delta: float, sigma_: float, q, dataset_size, batch_size, accountant: str, as_json: bool) -> None:
+def steps(
+    eps: float, delta: float, sigma_: float, q, dataset_size, batch_size, sampler: str, accountant: str, as_json: bool
+) -> None:
     """The largest number of steps whose epsilon stays within the budget.
 
     \b
     Examples:
       dpcalib steps --eps 2 --delta 1e-5 --sigma 1.0 --q 0.01
       dpcalib steps --eps 2 --delta 1e-5 --sigma 1.0 --dataset-size 60000 --batch-size 600
+      dpcalib steps --eps 8 --delta 1e-5 --sigma 2.0 --dataset-size 60000 --batch-size 600 --sampler fixed
     """
-    plan = make_plan(q, None, None, dataset_size, batch_size, need_steps=False)
+    plan = make_plan(q, None, None, dataset_size, batch_size, need_steps=False, sampler=sampler)
     s = check.positive("sigma", sigma_)
-    count = calibrate_steps(eps=eps, delta=delta, sigma=s, q=plan.q, accountant=accountant)
-    found = Plan(plan.q, count, None if plan.dataset_size is None else count * plan.q, plan.dataset_size, plan.batch_size)
+    if plan.sampler is Sampler.POISSON:
+        count = calibrate_steps(eps=eps, delta=delta, sigma=s, q=plan.q, accountant=accountant)
+    else:
+        count = calibrate_steps_for(
+            lambda t: plan.with_steps(t).event(s), eps=eps, delta=delta, accountant=accountant, sampler=plan.sampler.value
+        )
+    found = plan.with_steps(count)
     achieved, order = _epsilon_and_order(accountant, s, found, delta)
     text = f"steps = {count}"
     if found.epochs is not None:
@@ -252,7 +359,7 @@ def steps(eps: float, delta: float, sigma_: float, q, dataset_size, batch_size, 
         as_json,
         _record(accountant, found, sigma=s, eps=achieved, delta=delta, order=order, target_eps=eps),
         f"{text}\nepsilon = {achieved:.8g} <= {eps:g} at delta = {delta:g}  ({accountant}{_order(order)})\n"
-        f"sigma = {s:g}, q = {plan.q:.6g}",
+        f"sigma = {s:g}, q = {plan.q:.6g}{_sampler_note(found)}",
     )
 
 
@@ -261,19 +368,20 @@ def steps(eps: float, delta: float, sigma_: float, q, dataset_size, batch_size, 
 @click.option("--delta", type=float, required=True, help="target delta, in (0, 1).")
 @_plan_options
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text.")
-def compare(eps: float, delta: float, q, steps, epochs, dataset_size, batch_size, as_json: bool) -> None:
+def compare(eps: float, delta: float, q, steps, epochs, dataset_size, batch_size, sampler: str, as_json: bool) -> None:
     """The same question under every registered accountant, side by side.
 
     For each accountant: the sigma it needs for (eps, delta), and the epsilon it certifies at the sigma of
     the first (reference) accountant: what a tighter bound buys, as less noise or as a smaller epsilon.
+    Accountants without a bound for the sampler are left out.
 
     \b
     Example:
       dpcalib compare --eps 2 --delta 1e-5 --q 0.01 --steps 1000
     """
-    plan = make_plan(q, steps, epochs, dataset_size, batch_size)
-    names = list(ACCOUNTANTS)
-    sigmas = {n: calibrate_sigma(eps=eps, delta=delta, q=plan.q, steps=plan.steps, accountant=n) for n in names}
+    plan = make_plan(q, steps, epochs, dataset_size, batch_size, sampler=sampler)
+    names = [n for n in ACCOUNTANTS if _supports(n, plan)]
+    sigmas = {n: _calibrate_sigma(plan, eps, delta, n) for n in names}
     reference = sigmas[names[0]]
     rows = []
     for n in names:
@@ -307,15 +415,21 @@ def _step_grid(total: int, points: int) -> list[int]:
 
 @cli.command(context_settings=_CONTEXT)
 @click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
-@click.option("--q", type=float, required=True, help="Poisson sampling rate per step, in (0, 1].")
+@click.option("--q", type=float, help="Poisson sampling rate per step, in (0, 1].")
 @click.option("--steps", type=int, required=True, help="the longest run to show (integer >= 1).")
+@click.option("--dataset-size", type=int, help="with --sampler fixed|shuffle: number of records N.")
+@click.option("--batch-size", type=int, help="with --sampler fixed|shuffle: batch size B.")
+@_sampler_option
 @click.option("--delta", type=float, default=1e-5, show_default=True, help="delta, in (0, 1).")
 @click.option("--points", type=int, default=20, show_default=True, help="number of step counts (log-spaced, >= 2).")
 @click.option("--csv", "as_csv", is_flag=True, help="print CSV (steps, then one column per accountant).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="also save a plot (needs matplotlib: extra 'plot').")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text.")
-def curve(sigma_: float, q: float, steps: int, delta: float, points: int, as_csv: bool, plot_file: str | None, as_json: bool) -> None:
-    """Epsilon against the number of steps under every registered accountant.
+def curve(
+    sigma_: float, q: float | None, steps: int, dataset_size: int | None, batch_size: int | None, sampler: str,
+    delta: float, points: int, as_csv: bool, plot_file: str | None, as_json: bool,
+) -> None:
+    """Epsilon against the number of steps under every registered accountant (that supports the sampler).
 
     \b
     Examples:
@@ -323,15 +437,22 @@ def curve(sigma_: float, q: float, steps: int, delta: float, points: int, as_csv
       dpcalib curve --sigma 1 --q 0.01 --steps 10000 --csv --plot curve.png
     """
     s = check.positive("sigma", sigma_)
-    plan = make_plan(q, steps, None, None, None)
+    if sampler == Sampler.POISSON.value:
+        plan = make_plan(q, steps, None, None, None)
+        if dataset_size is not None or batch_size is not None:
+            bad = "dataset-size" if dataset_size is not None else "batch-size"
+            raise InvalidArgumentError(bad, dataset_size if dataset_size is not None else batch_size, "omitted with --q")
+    else:
+        plan = make_plan(q, steps, None, dataset_size, batch_size, sampler=sampler)
     n_points = check.count("points", points, minimum=2)
     grid = _step_grid(plan.steps, n_points)
-    names = list(ACCOUNTANTS)
-    table = {n: [_epsilon_and_order(n, s, Plan(plan.q, t), delta)[0] for t in grid] for n in names}
+    names = [n for n in ACCOUNTANTS if _supports(n, plan)]
+    table = {n: [_epsilon_and_order(n, s, plan.with_steps(t), delta)[0] for t in grid] for n in names}
     if plot_file is not None:
         _plot(plot_file, grid, table, s, plan.q, delta)
     if as_json:
-        click.echo(json.dumps({"sigma": s, "q": plan.q, "delta": delta, "steps": grid, "eps": table, "version": __version__}))
+        record = {"sigma": s, "q": plan.q, "sampler": plan.sampler.value, "delta": delta, "steps": grid, "eps": table}
+        click.echo(json.dumps({**record, "version": __version__}))
     elif as_csv:
         click.echo(",".join(["steps", *(f"eps_{n}" for n in names)]))
         for i, t in enumerate(grid):

@@ -124,3 +124,19 @@ def test_bad_arguments_are_named(call, name):
     with pytest.raises(InvalidArgumentError) as info:
         call()
     assert info.value.name == name
+
+
+@pytest.mark.parametrize("sampler", ["fixed", "shuffle"])
+def test_calibration_for_fixed_size_samplers_meets_the_target(sampler):
+    run = dict(dataset_size=60_000, batch_size=256)
+    make = lambda s: dpcalib.training_event(sampler, sigma=s, steps=2_000, **run)  # noqa: E731
+    sigma = dpcalib.calibrate_sigma_for(make, eps=8.0, delta=1e-5, sampler=sampler)
+    assert dpcalib.event_epsilon(make(sigma), delta=1e-5, sampler=sampler) <= 8.0
+    assert dpcalib.event_epsilon(make(sigma * (1 - 1e-5)), delta=1e-5, sampler=sampler) > 8.0
+    steps = dpcalib.calibrate_steps_for(
+        lambda t: dpcalib.training_event(sampler, sigma=sigma, steps=t, **run), eps=8.0, delta=1e-5
+    )
+    fits = lambda t: dpcalib.event_epsilon(dpcalib.training_event(sampler, sigma=sigma, steps=t, **run), delta=1e-5)  # noqa: E731
+    assert fits(steps) <= 8.0 < fits(steps + 1)
+    if sampler == "shuffle":  # ε is constant within an epoch: the longest run ends one (234 full batches each)
+        assert steps % 234 == 0

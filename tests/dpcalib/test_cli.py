@@ -133,3 +133,45 @@ def test_console_entry_point_exit_code_and_no_traceback():
     assert proc.stderr.strip().splitlines() == ["dpcalib: error: delta=7.0 is out of range: delta must be in (0, 1)"]
     proc = subprocess.run([sys.executable, "-m", "dpcalib", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "dpcalib sigma --eps 2" in proc.stdout
+
+
+RUN = ["--dataset-size", "60000", "--batch-size", "256", "--steps", "7000"]
+
+
+@pytest.mark.parametrize("sampler", ["poisson", "fixed", "shuffle"])
+def test_sampler_option_matches_the_library_and_is_in_the_json(capsys, sampler):
+    args = RUN if sampler != "poisson" else ["--q", str(256 / 60000), "--steps", "7000"]
+    status, out, err = call(capsys, "epsilon", "--sigma", "1.1", "--delta", "1e-5", *args, "--sampler", sampler, "--json")
+    assert status == 0 and err == ""
+    record = json.loads(out)
+    event = dpcalib.training_event(sampler, sigma=1.1, steps=7000, q=256 / 60000, dataset_size=60000, batch_size=256)
+    assert record["sampler"] == sampler
+    assert record["eps"] == dpcalib.make_accountant("rdp", sampler=sampler).compose(event).epsilon(1e-5)
+    if sampler == "shuffle":
+        assert record["epochs_accounted"] == 30
+
+
+def test_sampler_commands_calibrate_under_the_sampler(capsys):
+    status, out, _ = call(capsys, "sigma", "--eps", "8", "--delta", "1e-5", *RUN, "--sampler", "fixed", "--json")
+    record = json.loads(out)
+    assert status == 0 and record["sampler"] == "fixed" and record["eps"] <= 8.0
+    status, out, _ = call(capsys, "steps", "--eps", "8", "--delta", "1e-5", "--sigma", "2", "--dataset-size", "60000",
+                          "--batch-size", "600", "--sampler", "shuffle", "--json")
+    record = json.loads(out)
+    assert status == 0 and record["steps"] % 100 == 0 and record["epochs_accounted"] == record["steps"] // 100
+    status, out, _ = call(capsys, "compare", "--eps", "8", "--delta", "1e-5", *RUN, "--sampler", "fixed", "--json")
+    assert status == 0 and [row["accountant"] for row in json.loads(out)["accountants"]] == ["rdp"]  # no PLD bound
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--q", "0.1", "--steps", "10", "--sampler", "fixed"], "q=0.1"),
+        (["--dataset-size", "100", "--batch-size", "10", "--sampler", "shuffle"], "--steps"),
+        (["--steps", "10", "--sampler", "fixed"], "dataset-size"),
+        (["--q", "0.1", "--steps", "10", "--sampler", "minibatch"], "--sampler"),
+    ],
+)
+def test_sampler_misuse_exits_2_with_one_line(capsys, argv, needle):
+    status, out, err = call(capsys, "epsilon", "--sigma", "1", "--delta", "1e-5", *argv)
+    assert status == 2 and out == "" and needle in err and len(err.strip().splitlines()) == 1

@@ -304,7 +304,7 @@ def test_unsupported_events_and_relations_are_refused_clearly() -> None:
         acc.compose(SampledWithoutReplacement(1000, 10, Gaussian(1.0)))
     assert acc.history == []
     with pytest.raises(UnsupportedEventError, match="add_remove"):
-        PldAccountant(neighbouring="replace_one")
+        PldAccountant(neighbouring="replace_one").compose(PoissonSampled(0.1, Gaussian(1.0)))
     with pytest.raises(InvalidArgumentError) as info:
         PldAccountant(value_discretization_interval=0.0)
     assert info.value.name == "value_discretization_interval"
