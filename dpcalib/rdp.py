@@ -210,13 +210,10 @@ def _log_w_m_phi(x: NDArray[np.float64], t: NDArray[np.float64], z0: float, sigm
     """
     from scipy import special
 
-    out = np.empty_like(t)
-    pos = t >= 0.0
-    xp = x[pos]
-    out[pos] = xp * log_w + xp * (xp - 1.0) / (2.0 * sigma * sigma) + special.log_ndtr(t[pos])
-    neg = ~pos
-    out[neg] = -z0 * z0 / (2.0 * sigma * sigma) + np.log(0.5 * special.erfcx(-t[neg] / math.sqrt(2.0)))
-    return out
+    # both forms everywhere, then the accurate one of each (erfcx overflows to inf on the t ≥ 0 side, unused)
+    direct = x * log_w + x * (x - 1.0) / (2.0 * sigma * sigma) + special.log_ndtr(t)
+    tail = np.log(0.5 * special.erfcx(t * -math.sqrt(0.5))) - z0 * z0 / (2.0 * sigma * sigma)
+    return np.where(t >= 0.0, direct, tail)
 
 
 def _log_a_minus_1_frac(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -233,6 +230,11 @@ def _log_a_minus_1_frac(q: float, sigma: float, alpha: NDArray[np.float64]) -> N
     terms and its last 11 partial sums averaged 10 times (Euler transform), which is exact to ~1e-10 relative
     even for α = 1.01 and q near 1 (tested against mpmath quadrature of the defining integral).
     """
+    with np.errstate(divide="ignore", invalid="ignore"):  # log 0 = -inf is meant (equal terms, B = 0)
+        return _log_a_minus_1_frac_terms(q, sigma, alpha)
+
+
+def _log_a_minus_1_frac_terms(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
     n_terms = int(np.ceil(alpha.max())) + 2 + _TAIL_TERMS + _EULER_AVERAGINGS
     first, comp, z0 = _first_series(q, sigma, n_terms)
     k = np.arange(n_terms, dtype=np.float64)
@@ -257,8 +259,7 @@ def _log_a_minus_1_frac(q: float, sigma: float, alpha: NDArray[np.float64]) -> N
     partial += (sign_b * np.exp(log_b - top))[:, None]
     # averaging the last m + 1 partial sums m times = weights C(m, j) / 2^m
     total = partial[:, -(_EULER_AVERAGINGS + 1):] @ _EULER_WEIGHTS
-    with np.errstate(divide="ignore"):
-        return top + np.log(np.maximum(total, 0.0))
+    return top + np.log(np.maximum(total, 0.0))
 
 
 @functools.lru_cache(maxsize=8)
@@ -271,7 +272,8 @@ def _first_series(q: float, sigma: float, n_terms: int) -> tuple[NDArray[np.floa
     k = np.arange(n_terms, dtype=np.float64)
     x = np.concatenate([k, [0.0, 1.0]])
     t = np.concatenate([(z0 - k) / sigma, [-z0 / sigma, (1.0 - z0) / sigma]])
-    h = _log_w_m_phi(x, t, z0, sigma, log_w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = _log_w_m_phi(x, t, z0, sigma, log_w)
     first, comp = h[:n_terms], h[n_terms:]
     for array in (first, comp):
         array.setflags(write=False)
@@ -281,9 +283,7 @@ def _first_series(q: float, sigma: float, n_terms: int) -> tuple[NDArray[np.floa
 def _logsubexp(log_x: NDArray[np.float64], log_y: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """(log|e^x - e^y|, sign(e^x - e^y))."""
     hi = np.maximum(log_x, log_y)
-    lo = np.minimum(log_x, log_y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = hi + np.log(-np.expm1(lo - hi))
+    mag = hi + np.log(-np.expm1(np.minimum(log_x, log_y) - hi))  # -inf where equal (caller ignores FP warnings)
     return mag, np.where(log_x >= log_y, 1.0, -1.0)
 
 
@@ -302,14 +302,14 @@ def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], N
         if series.any():
             log1pb[series] = _b_series(q, am1[series])
     b = np.expm1(log1pb)
-    with np.errstate(divide="ignore"):
-        return np.log(np.abs(b)), np.sign(b)
+    return np.log(np.abs(b)), np.sign(b)
 
 
 def _b_series(q: float, am1: NDArray[np.float64]) -> NDArray[np.float64]:
     """Σ_{n=2}^{39} qⁿ/n [(-1)^{n+1} (α-1)ⁿ - (α-1)] for q < 0.1 and (α-1)q < 0.1 (see :func:`_log_b`)."""
     signed, q_sum = _b_series_coefficients(q)
-    return np.power((am1 * q)[:, None], _B_POWERS) @ signed - am1 * q_sum
+    powers = np.cumprod(np.broadcast_to((am1 * q)[:, None], (am1.size, _B_POWERS.size + 1)), axis=1)
+    return powers[:, 1:] @ signed - am1 * q_sum
 
 
 _B_POWERS = np.arange(2, 40, dtype=np.float64)
