@@ -17,9 +17,9 @@ Bounds, per order α > 1 with RDP value r = ε_RDP(α) of the whole composition:
 is non-decreasing in α (van Erven & Harremoës 2014), that K(α) = (α - 1)·RDP(α) is convex (a cumulant generating
 function), and that both bounds are increasing in r: an order whose bound, evaluated at a lower bound of its
 RDP derived from orders already evaluated, is no better than the best so far is skipped without changing the
-minimum over the grid. Around the best grid order the search converges on the continuous optimum (to 1e-6
-relative in α), so the reported ε is never larger than the grid's, often a little smaller, and monotone in the
-mechanism's parameters.
+minimum over the grid. Around the best order the search converges on the continuous optimum (to 1e-6 relative
+in α), so the reported ε is never larger than the grid's, often a little smaller, and monotone in the mechanism's
+parameters (see :class:`_OrderSearch`).
 """
 
 from __future__ import annotations
@@ -59,11 +59,13 @@ _ZOOM_POINTS = 24
 _ZOOM_RTOL = 1e-6
 _ZOOM_MAX_ROUNDS = 40
 _MAX_INTEGER_BATCH = 16
-# The guarded parabolic rounds of the refinement: ratio between successive offsets around the vertex, and the
-# most offsets per side.
-_CLUSTER_RATIO = 16.0
-_CLUSTER_MAX = 8
+# The guarded model rounds of the refinement (see _OrderSearch.zoom): the offsets around the predicted minimum, in
+# units of 0.45 × the tolerance (1, 2, 3, then 4 × 16^j), and the least shrink of the bracket per round that keeps
+# the model in use (below it, a round of even subdivision).
+_CLUSTER_OFFSETS = np.concatenate([[1.0, 2.0, 3.0], 4.0 * 16.0 ** np.arange(8)])
 _GUARD = 4.0
+# Points of each of the two nested grids on which the refinement's model of the objective is minimised.
+_MODEL_POINTS = 64
 
 
 class Conversion(NamedTuple):
@@ -325,18 +327,18 @@ class _OrderSearch:
         """Converge on the best order inside :meth:`bracket`, to a bracket narrower than ``_ZOOM_RTOL`` × the order.
 
         Where the bracket is at least 4 wide, integer orders (exact and cheap) narrow it: a geometric sample of at
-        most 16 of them, repeated until all remaining ones fit. Then rounds of guarded parabolic steps, each one
-        vectorised call: the vertex v of the parabola through the best order and its two neighbours, points at
-        v ± d, 16d, 256d, … (d = 0.45 × the tolerance) out to the bracket's ends, and the bracket's quarter points.
-        A good vertex ends the search in a round or two; a bad one still halves the bracket. Where a round shrank
-        the bracket less than 8-fold (the curve is not parabola-like there: at small q it turns up steeply once the
-        top binomial term q^α e^{α(α-1)/(2σ²)} wakes up — q = 1e-4, σ = 4: ε_RDP grows 100-fold between α = 294
-        and 296 — and the optimum sits at the foot of that cliff), the next round subdivides the bracket evenly
-        (``_ZOOM_POINTS`` points), which assumes only that the objective is unimodal in α. The result is the
-        continuous minimum to ~1e-6 in α: ε then depends monotonically on q, σ and the step count, which a
-        fixed-size local grid would not guarantee (its points move with the optimum). Every value reported was
-        evaluated at a real order, so it is a valid bound regardless. ``start``, if inside the bracket, replaces
-        the first vertex.
+        most 16 of them, repeated until all remaining ones fit. Then guarded model rounds, each one vectorised call:
+        :meth:`vertex` predicts the minimum v (``start`` instead, in the first round, if it lies in the bracket),
+        and the round evaluates v, v ± d, 2d, 3d, and v ± 4d·16^j out to the bracket's ends (d = 0.45 × the
+        tolerance × v), plus the bracket's quarter points. A prediction within 4d of the minimum ends the search
+        in that round; a worse one still shrinks the bracket about 16-fold, and a wrong one halves it. Where a
+        round shrank the bracket less than 4-fold (the curve is not smooth at that scale: at small q it turns up
+        steeply once the top binomial term q^α e^{α(α-1)/(2σ²)} wakes up — q = 1e-4, σ = 4: ε_RDP grows 100-fold
+        between α = 294 and 296 — and the optimum sits at the foot of that cliff), the next round subdivides the
+        bracket evenly (``_ZOOM_POINTS`` points), which assumes only that the objective is unimodal in α. The
+        result is the continuous minimum to ~1e-6 in α: ε then depends monotonically on q, σ and the step count,
+        which a fixed-size local grid would not guarantee (its points move with the optimum). Every value
+        reported was evaluated at a real order, so it is a valid bound regardless.
         """
         lo, hi = self.bracket()
         while hi - lo >= 4.0:
@@ -347,7 +349,7 @@ class _OrderSearch:
                 break
             sample = np.unique(np.round(np.geomspace(inside[0], inside[-1], _MAX_INTEGER_BATCH)))
             lo, hi = self.narrow(sample, lo, hi, screen=True)
-        parabolic = True
+        modelled = True
         for _ in range(_ZOOM_MAX_ROUNDS):
             width = hi - lo
             if width <= _ZOOM_RTOL * self.best_order:
@@ -355,31 +357,48 @@ class _OrderSearch:
             if start is not None and lo < start < hi:
                 vertex, start = start, None
             else:
-                vertex = self.vertex(lo, hi) if parabolic else None
+                vertex = self.vertex(lo, hi) if modelled else None
             if vertex is None:
                 points = np.linspace(lo, hi, _ZOOM_POINTS + 2)[1:-1]
             else:
-                d = 0.45 * _ZOOM_RTOL * vertex * _CLUSTER_RATIO ** np.arange(_CLUSTER_MAX)
+                d = 0.45 * _ZOOM_RTOL * vertex * _CLUSTER_OFFSETS
                 d = d[d < width]
                 points = np.concatenate([[vertex], vertex - d, vertex + d, lo + width * np.array([0.25, 0.5, 0.75])])
                 points = points[(points > lo) & (points < hi)]
             lo, hi = self.narrow(points, lo, hi, screen=False)
-            parabolic = hi - lo <= width / _GUARD
+            modelled = hi - lo <= width / _GUARD
 
     def vertex(self, lo: float, hi: float) -> float | None:
-        """The vertex of the parabola through (lo, best, hi) and their values, if both ends were evaluated and the
-        vertex is a finite point strictly inside (lo, hi); else None (a Newton step with the derivatives taken
-        from the three points)."""
+        """Where a model of the objective is smallest inside (lo, hi); None with fewer than four evaluated orders,
+        or where the best value is shared by a neighbour.
+
+        Only the RDP part is modelled: the cumulant K(α) = (α - 1) ε_RDP(α), smooth and convex, is interpolated by
+        the cubic through the four evaluated orders nearest the best one, and the conversion is applied exactly to
+        the model, which is then minimised on two nested grids of ``_MODEL_POINTS`` points (a Newton-like step that
+        also follows the conversion's own asymmetry about the minimum). A guess only: it picks where to evaluate.
+        """
         b = self.best_order
-        if lo not in self.values or hi not in self.values or not lo < b < hi:
-            return None
-        fl, fb, fh = self.values[lo], self.values[b], self.values[hi]
-        num = (b - lo) ** 2 * (fb - fh) - (b - hi) ** 2 * (fb - fl)
-        den = (b - lo) * (fb - fh) - (b - hi) * (fb - fl)
-        if not (den != 0.0 and math.isfinite(num) and math.isfinite(den)):
-            return None
-        v = b - 0.5 * num / den
-        return v if lo < v < hi else None
+        i = int(np.searchsorted(self.orders, b))
+        first = min(max(i - 2, 1), self.orders.size - 4)
+        if first < 1 or not lo < b < hi or self.best_value in (self.values.get(lo), self.values.get(hi)):
+            return None  # too few points, or a plateau (a clamped bound): no model can tell where the dip is
+        nodes, values = self.orders[first:first + 4], self.cumulants[first:first + 4]
+        left, right = lo, hi
+        for _ in range(2):
+            x = np.linspace(left, right, _MODEL_POINTS)
+            model = np.zeros_like(x)
+            for j in range(4):
+                basis = np.ones_like(x)
+                for m in range(4):
+                    if m != j:
+                        basis *= (x - nodes[m]) / (nodes[j] - nodes[m])
+                model += values[j] * basis
+            g = self.objective(x, np.maximum(model, 0.0) / (x - 1.0), False)
+            k = int(np.argmin(g))
+            step = (right - left) / (_MODEL_POINTS - 1)
+            left, right = max(x[k] - step, lo), min(x[k] + step, hi)
+        v = 0.5 * (left + right)
+        return v if lo < v < hi and math.isfinite(v) else None
 
 
 def _rdp_lower_bound(a: NDArray[np.float64], k: NDArray[np.float64], points: NDArray[np.float64]) -> NDArray[np.float64]:
