@@ -83,9 +83,11 @@ def make_plan(
     need_steps: bool = True, sampler: str = "poisson",
 ) -> Plan:
     """Resolve ``--q/--steps`` or ``--epochs/--dataset-size/--batch-size`` (never both) into a :class:`Plan`; with
-    ``--sampler fixed|shuffle``, ``--dataset-size/--batch-size`` and ``--steps`` or ``--epochs``."""
+    ``--sampler fixed|shuffle``, ``--dataset-size/--batch-size`` and ``--steps`` or ``--epochs``; and, for any
+    sampler, ``--dataset-size/--batch-size/--steps`` (q = B/N for poisson)."""
     kind = Sampler(sampler)
-    if kind is not Sampler.POISSON:
+    sized_steps = dataset_size is not None and steps is not None and q is None and epochs is None
+    if kind is not Sampler.POISSON or sized_steps:
         return _fixed_size_plan(kind, q, steps, epochs, dataset_size, batch_size, need_steps)
     epoch_view = any(v is not None for v in (epochs, dataset_size, batch_size))
     if epoch_view and (q is not None or steps is not None):
@@ -119,7 +121,8 @@ def _fixed_size_plan(
     kind: Sampler, q: float | None, steps: int | None, epochs: float | None, dataset_size: int | None,
     batch_size: int | None, need_steps: bool,
 ) -> Plan:
-    """A :class:`Plan` for the fixed-size samplers: N and B always, and ``--steps`` or ``--epochs`` (one of them)."""
+    """A :class:`Plan` from N and B, and ``--steps`` or ``--epochs`` (one of them): the fixed-size samplers, and
+    poisson given N, B and the steps."""
     if q is not None:
         raise InvalidArgumentError("q", q, f"omitted with --sampler {kind.value} (--dataset-size and --batch-size set it)")
     n, b = _rate_from(dataset_size, batch_size)
@@ -134,8 +137,8 @@ def _fixed_size_plan(
         raise click.UsageError(f"Missing option '--steps' (or '--epochs') for --sampler {kind.value}.")
     if epochs is not None:
         e = check.positive("epochs", epochs)
-        # fixed: E·N/B steps rounded up, as for poisson; shuffle: E epochs of ⌊N/B⌋ batches, so ⌈E⌉ are accounted
-        per_epoch = Fraction(n, b) if kind is Sampler.FIXED else Fraction(n // b)
+        # E·N/B steps rounded up, as for poisson; shuffle: E epochs of ⌊N/B⌋ batches, so ⌈E⌉ are accounted
+        per_epoch = Fraction(n // b) if kind is Sampler.SHUFFLE else Fraction(n, b)
         count = max(math.ceil(Fraction(repr(e)) * per_epoch), 1)
         return Plan(q=b / n, steps=count, epochs=e, dataset_size=n, batch_size=b, sampler=kind)
     count = check.count("steps", steps)
