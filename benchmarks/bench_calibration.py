@@ -10,8 +10,10 @@ Measures (best of several repeats, one thread; the machine's load average is pri
 2. one ε evaluation at (q = 0.01, σ = 1, 1000 steps, δ = 1e-5) under each library's RDP accountant;
 3. ``dpcalib --help`` start-up time (a fresh interpreter; best of several).
 
-Goals (issue 2): calibration < 20 ms and ≥ 20× faster than both peers; one ε < 1 ms; ``--help`` < 0.5 s.
-Peers are benchmark/test-only dependencies.
+Goals (issue 11, on the 2-core development machine near idle): calibration ≤ 2 ms and one ε ≤ 0.3 ms, without
+giving up the converged (monotone) order search; ``--help`` < 0.5 s (issue 2). The machine is shared, so times
+are best of N and the load average is printed; the ratios to the peers, measured in the same run, are the figures
+to compare across runs. Peers are benchmark/test-only dependencies.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def main() -> None:
 
     print(f"load average at start: {os.getloadavg()}")
     print(f"\n1. calibration: smallest sigma with eps <= {TARGET_EPS} at delta = {DELTA}, q = {Q}, {STEPS} steps")
-    rows = [("dpcalib", best_time(ours_sigma, 20)), ("opacus", best_time(opacus_sigma, 3)), ("dp_accounting", best_time(dpa_sigma, 3))]
+    rows = [("dpcalib", best_time(ours_sigma, 50)), ("opacus", best_time(opacus_sigma, 5)), ("dp_accounting", best_time(dpa_sigma, 5))]
     ours_t = rows[0][1][0]
     for name, (t, sigma) in rows:
         achieved = dpcalib.epsilon(sigma=sigma, q=Q, steps=STEPS, delta=DELTA)
@@ -81,7 +83,7 @@ def main() -> None:
         print(f"   {name:<14} {t * 1e3:9.2f} ms   sigma = {sigma:.7f}   eps(sigma) under dpcalib = {achieved:.7f}{ratio}")
 
     print(f"\n2. one epsilon: q = {Q}, sigma = {SIGMA}, {STEPS} steps, delta = {DELTA} (RDP, default orders)")
-    rows = [("dpcalib", best_time(ours_eps, 200)), ("opacus", best_time(opacus_eps, 20)), ("dp_accounting", best_time(dpa_eps, 20))]
+    rows = [("dpcalib", best_time(ours_eps, 300)), ("opacus", best_time(opacus_eps, 30)), ("dp_accounting", best_time(dpa_eps, 30))]
     ours_t = rows[0][1][0]
     for name, (t, eps) in rows:
         ratio = "" if name == "dpcalib" else f"   dpcalib is {t / ours_t:6.1f}x faster"

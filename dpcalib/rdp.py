@@ -235,56 +235,53 @@ def _log_a_minus_1_frac(q: float, sigma: float, alpha: NDArray[np.float64]) -> N
 
 
 def _log_a_minus_1_frac_terms(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
-    n_terms = int(np.ceil(alpha.max())) + 2 + _TAIL_TERMS + _EULER_AVERAGINGS
-    first, comp, z0 = _first_series(q, sigma, n_terms)
-    k = np.arange(n_terms, dtype=np.float64)
+    n_terms = int(math.ceil(alpha.max())) + 2 + _TAIL_TERMS + _EULER_AVERAGINGS
+    first, first_sign, log_k, z0 = _first_series(q, sigma, n_terms)
     a = alpha[:, None]
     log_1mq = math.log1p(-q)
     # C(α,k) = Π_{i=1}^{k} (α - i + 1)/i: its log-magnitude and its sign (which flips with every i > α + 1)
-    factors = a - k[:-1]
-    log_c = np.zeros((alpha.size, n_terms))
-    np.cumsum(np.log(np.abs(factors)) - np.log(k[1:]), axis=1, out=log_c[:, 1:])
-    sign_c = np.ones((alpha.size, n_terms))
+    x = a - log_k[0]  # α - k, k = 0 … n_terms - 1
+    factors = x[:, :-1]  # α - i + 1 for i = 1 … n_terms - 1
+    log_c = np.zeros(x.shape)
+    np.cumsum(np.log(np.abs(factors)) - log_k[1, 1:], axis=1, out=log_c[:, 1:])
+    sign_c = np.ones(x.shape)
     np.cumprod(np.sign(factors), axis=1, out=sign_c[:, 1:])
-    # the second series (x = α - k); the first (x = k) depends on q and σ only
-    x = a - k
-    second = _log_w_m_phi(x.ravel(), ((x - z0) / sigma).ravel(), z0, sigma, math.log(q) - log_1mq).reshape(x.shape)
-    log_terms = np.logaddexp(first, second)
-    # k = 0, 1 of the first series: replace Φ by -Φ̄ (the "1" is handled through B below)
-    log_terms[:, :2], sign_c[:, :2] = _logsubexp(second[:, :2], comp)
-    log_terms += log_c + a * log_1mq
+    # the second series (x = α - k); the first (x = k, with -Φ̄ for k = 0, 1) depends on q and σ only
+    second = _log_w_m_phi(x, (x - z0) / sigma, z0, sigma, math.log(q) - log_1mq)
+    log_c += a * log_1mq
+    second += log_c
+    log_c += first
     log_b, sign_b = _log_b(q, alpha)
-    top = np.maximum(log_terms.max(axis=1), log_b)
-    partial = np.cumsum(sign_c * np.exp(log_terms - top[:, None]), axis=1)
-    partial += (sign_b * np.exp(log_b - top))[:, None]
+    top = np.maximum(np.maximum(log_c.max(axis=1), second.max(axis=1)), log_b)[:, None]
+    terms = first_sign * np.exp(log_c - top) + np.exp(second - top)
+    partial = np.cumsum(sign_c * terms, axis=1)
+    partial += sign_b[:, None] * np.exp(log_b[:, None] - top)
     # averaging the last m + 1 partial sums m times = weights C(m, j) / 2^m
     total = partial[:, -(_EULER_AVERAGINGS + 1):] @ _EULER_WEIGHTS
-    return top + np.log(np.maximum(total, 0.0))
+    return top[:, 0] + np.log(np.maximum(total, 0.0))
 
 
 @functools.lru_cache(maxsize=8)
-def _first_series(q: float, sigma: float, n_terms: int) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
-    """The order-independent parts of :func:`_log_a_minus_1_frac` at (q, σ): log(w^k M_k Φ((z0 - k)/σ)) for
-    k < n_terms, the log Φ-complements of its k = 0, 1 terms, and the split point z0 (kept for the next order:
-    an order search evaluates one (q, σ) at many orders)."""
+def _first_series(
+    q: float, sigma: float, n_terms: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float]:
+    """The order-independent parts of :func:`_log_a_minus_1_frac` at (q, σ), kept for the next order (an order
+    search evaluates one (q, σ) at many orders): log(w^k M_k Φ((z0 - k)/σ)) for k < n_terms, with the
+    Φ-complement instead for k = 0, 1, and the signs of those terms (-1 for k = 0, 1); the rows k and log k;
+    the split point z0."""
     log_w = math.log(q) - math.log1p(-q)
     z0 = sigma * sigma * (-log_w) + 0.5
     k = np.arange(n_terms, dtype=np.float64)
-    x = np.concatenate([k, [0.0, 1.0]])
-    t = np.concatenate([(z0 - k) / sigma, [-z0 / sigma, (1.0 - z0) / sigma]])
+    t = (z0 - k) / sigma
+    t[:2] = -t[:2]  # k = 0, 1: the complement Φ̄((z0 - k)/σ) = Φ(-(z0 - k)/σ)
     with np.errstate(divide="ignore", invalid="ignore"):
-        h = _log_w_m_phi(x, t, z0, sigma, log_w)
-    first, comp = h[:n_terms], h[n_terms:]
-    for array in (first, comp):
+        first = _log_w_m_phi(k, t, z0, sigma, log_w)
+        log_k = np.stack([k, np.log(k)])
+    first_sign = np.ones(n_terms)
+    first_sign[:2] = -1.0
+    for array in (first, first_sign, log_k):
         array.setflags(write=False)
-    return first, comp, z0
-
-
-def _logsubexp(log_x: NDArray[np.float64], log_y: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """(log|e^x - e^y|, sign(e^x - e^y))."""
-    hi = np.maximum(log_x, log_y)
-    mag = hi + np.log(-np.expm1(np.minimum(log_x, log_y) - hi))  # -inf where equal (caller ignores FP warnings)
-    return mag, np.where(log_x >= log_y, 1.0, -1.0)
+    return first, first_sign, log_k, z0
 
 
 def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
