@@ -255,7 +255,7 @@ def _log_a_minus_1_frac_terms(q: float, sigma: float, alpha: NDArray[np.float64]
     top = np.maximum(np.maximum(log_c.max(axis=1), second.max(axis=1)), log_b)[:, None]
     terms = first_sign * np.exp(log_c - top) + np.exp(second - top)
     partial = np.cumsum(sign_c * terms, axis=1)
-    partial += sign_b[:, None] * np.exp(log_b[:, None] - top)
+    partial += sign_b * np.exp(log_b[:, None] - top)
     # averaging the last m + 1 partial sums m times = weights C(m, j) / 2^m
     total = partial[:, -(_EULER_AVERAGINGS + 1):] @ _EULER_WEIGHTS
     return top[:, 0] + np.log(np.maximum(total, 0.0))
@@ -284,29 +284,27 @@ def _first_series(
     return first, first_sign, log_k, z0
 
 
-def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """(log|B|, sign B) for B = (1-q)^{α-1} (1 + (α-1)q) - 1 ≤ 0, accurate for tiny q.
+def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
+    """(log|B|, sign B = -1) for B = (1-q)^{α-1} (1 + (α-1)q) - 1 ≤ 0, accurate for tiny q (log 0 = -inf if B = 0).
 
     log(1 + B) = (α-1) log(1-q) + log(1 + (α-1)q) = Σ_{n≥2} qⁿ/n [(-1)^{n+1} (α-1)ⁿ - (α-1)] (power series,
     used while q < 0.1 and (α-1)q < 0.1, so that the first-order terms cancel exactly).
     """
     am1 = alpha - 1.0
-    series = (am1 * q < 0.1) & (q < 0.1)
+    series = am1 * q < 0.1 if q < 0.1 else np.zeros(am1.shape, dtype=bool)
     if series.all():
         log1pb = _b_series(q, am1)
     else:
         log1pb = am1 * math.log1p(-q) + np.log1p(am1 * q)
         if series.any():
             log1pb[series] = _b_series(q, am1[series])
-    b = np.expm1(log1pb)
-    return np.log(np.abs(b)), np.sign(b)
+    return np.log(-np.expm1(log1pb)), -1.0
 
 
 def _b_series(q: float, am1: NDArray[np.float64]) -> NDArray[np.float64]:
     """Σ_{n=2}^{39} qⁿ/n [(-1)^{n+1} (α-1)ⁿ - (α-1)] for q < 0.1 and (α-1)q < 0.1 (see :func:`_log_b`)."""
     signed, q_sum = _b_series_coefficients(q)
-    powers = np.cumprod(np.broadcast_to((am1 * q)[:, None], (am1.size, _B_POWERS.size + 1)), axis=1)
-    return powers[:, 1:] @ signed - am1 * q_sum
+    return np.power.outer(am1 * q, _B_POWERS) @ signed - am1 * q_sum
 
 
 _B_POWERS = np.arange(2, 40, dtype=np.float64)
