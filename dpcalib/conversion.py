@@ -382,17 +382,16 @@ class _OrderSearch:
         first = min(max(i - 2, 1), self.orders.size - 4)
         if first < 1 or not lo < b < hi or self.best_value in (self.values.get(lo), self.values.get(hi)):
             return None  # too few points, or a plateau (a clamped bound): no model can tell where the dip is
-        nodes, values = self.orders[first:first + 4], self.cumulants[first:first + 4]
+        x0, x1, x2, x3 = self.orders[first:first + 4].tolist()
+        y0, y1, y2, y3 = self.cumulants[first:first + 4].tolist()
+        # Newton's divided differences of the cubic through the four points
+        d01, d12, d23 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1), (y3 - y2) / (x3 - x2)
+        d012, d123 = (d12 - d01) / (x2 - x0), (d23 - d12) / (x3 - x1)
+        d0123 = (d123 - d012) / (x3 - x0)
         left, right = lo, hi
         for _ in range(2):
             x = np.linspace(left, right, _MODEL_POINTS)
-            model = np.zeros_like(x)
-            for j in range(4):
-                basis = np.ones_like(x)
-                for m in range(4):
-                    if m != j:
-                        basis *= (x - nodes[m]) / (nodes[j] - nodes[m])
-                model += values[j] * basis
+            model = y0 + (x - x0) * (d01 + (x - x1) * (d012 + (x - x2) * d0123))
             g = self.objective(x, np.maximum(model, 0.0) / (x - 1.0), False)
             k = int(np.argmin(g))
             step = (right - left) / (_MODEL_POINTS - 1)

@@ -304,7 +304,8 @@ def _log_b(q: float, alpha: NDArray[np.float64]) -> tuple[NDArray[np.float64], f
 def _b_series(q: float, am1: NDArray[np.float64]) -> NDArray[np.float64]:
     """Σ_{n=2}^{39} qⁿ/n [(-1)^{n+1} (α-1)ⁿ - (α-1)] for q < 0.1 and (α-1)q < 0.1 (see :func:`_log_b`)."""
     signed, q_sum = _b_series_coefficients(q)
-    return np.power.outer(am1 * q, _B_POWERS) @ signed - am1 * q_sum
+    powers = np.cumprod(np.repeat((am1 * q)[:, None], _B_POWERS.size + 1, axis=1), axis=1)  # u¹ … u³⁹
+    return powers[:, 1:] @ signed - am1 * q_sum
 
 
 _B_POWERS = np.arange(2, 40, dtype=np.float64)
