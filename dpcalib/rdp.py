@@ -3,7 +3,8 @@
 Every function takes an array of orders α > 1 and returns the RDP ε(α) of *one* run of the mechanism at each
 order (Mironov 2017, "Rényi differential privacy"). Composition adds curves (Mironov 2017, Prop. 1).
 
-Notation: ``sigma`` is the noise multiplier (noise std / L2 sensitivity), ``s = 1/sigma``,
+Notation: ``sigma`` is the noise std per unit of L2 sensitivity (the accountants divide the user's noise
+multiplier by the relation's sensitivity, :meth:`dpcalib.accountant.Accountant.unit_sigma`), ``s = 1/sigma``,
 ``r(z) = exp((2z - 1) / (2 sigma^2))`` the likelihood ratio N(1, σ²)/N(0, σ²), and for the Poisson-subsampled
 Gaussian with rate q (Mironov, Talwar, Zhang 2019, "Rényi differential privacy of the sampled Gaussian
 mechanism", eq. for A_α)
@@ -112,8 +113,11 @@ def poisson_curve(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray
 def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: ArrayLike) -> NDArray[np.float64]:
     """RDP upper bound of the Gaussian mechanism on a uniformly random batch of ``batch`` out of ``n`` records.
 
-    Replace-one neighbouring. Integer orders α ≥ 2: Wang, Balle, Kasiviswanathan 2019 ("Subsampled Rényi
-    differential privacy and analytical moments accountant"), Theorem 9 with γ = batch/n, ε(j) = j/(2σ²) and
+    Replace-one neighbouring; ``sigma`` is the noise std per unit of L2 sensitivity (the accountants pass σ/2 for
+    a sum of contributions clipped to C: replacing one moves it by up to 2C, see
+    :meth:`dpcalib.accountant.Accountant.unit_sigma`). Integer orders α ≥ 2: Wang, Balle, Kasiviswanathan 2019
+    ("Subsampled Rényi differential privacy and analytical moments accountant"), Theorem 9 with γ = batch/n,
+    ε(j) = j/(2σ²) and
     ε(∞) = ∞:  ``A_α ≤ 1 + γ² C(α,2) min(4(e^{ε(2)} - 1), 2 e^{ε(2)}) + Σ_{j≥3} 2 γ^j C(α,j) e^{(j-1)ε(j)}``.
     Fractional orders: the cumulant generating function (α - 1)ε(α) is convex, so linear interpolation of the
     bounds at ⌊α⌋ and ⌈α⌉ is an upper bound (same paper, Corollary 10; (α - 1)ε(α) = 0 at α = 1).

@@ -88,6 +88,24 @@ def test_without_replacement_agrees_with_dp_accounting(dpa):
         assert np.all(ours >= theirs * (1 - 1e-12))
 
 
+def test_fixed_size_sampler_is_dp_accounting_at_half_the_noise_multiplier(dpa):
+    """dp_accounting's noise multiplier is relative to the sensitivity of the relation (2C under replace-one);
+    dpcalib's is relative to the clipping norm C for every sampler and the accountant halves it. So dpcalib's
+    fixed-size sampler at σ is dp_accounting's REPLACE_ONE event at σ/2 (equal at order 2, see above)."""
+    orders = [2.0, 3.0, 12.0]
+    sigma, steps = 1.1, 7000
+    event = dpcalib.training_event("fixed", sigma=sigma, steps=steps, dataset_size=60000, batch_size=256)
+    ours = dpcalib.make_accountant("rdp", sampler="fixed").compose(event).rdp(orders)
+    theirs = steps * dpa_rdp(
+        dpa,
+        dpa.SampledWithoutReplacementDpEvent(60000, 256, dpa.GaussianDpEvent(sigma / 2)),
+        orders,
+        dpa.NeighboringRelation.REPLACE_ONE,
+    )
+    assert ours[0] == pytest.approx(theirs[0], rel=1e-12)
+    assert np.all(ours >= theirs * (1 - 1e-12))
+
+
 def test_mission_epsilon_not_larger_than_the_peers(dpa):
     opacus_accountants = pytest.importorskip("opacus.accountants")
     ours = dpcalib.epsilon(sigma=1.0, q=0.01, steps=1000, delta=1e-5)
