@@ -64,8 +64,8 @@ _MAX_INTEGER_BATCH = 16
 # the model in use (below it, a round of even subdivision).
 _CLUSTER_OFFSETS = np.concatenate([[1.0, 2.0, 3.0], 4.0 * 16.0 ** np.arange(8)])
 _GUARD = 4.0
-# Points of each of the two nested grids on which the refinement's model of the objective is minimised.
-_MODEL_POINTS = 64
+# The grid on which the refinement's model of the objective is minimised, as fractions of the bracket.
+_MODEL_GRID = np.linspace(0.0, 1.0, 64)
 
 
 class Conversion(NamedTuple):
@@ -252,6 +252,7 @@ class _OrderSearch:
         idx = np.argsort(a)
         self.orders, self.cumulants = a[idx], np.concatenate([self.cumulants, (points - 1.0) * r])[idx]
         values = self.objective(points, r, True)
+        values[np.isnan(values)] = math.inf  # an order without a finite bound gives none (and must not win)
         self.values.update(zip(points.tolist(), values.tolist()))
         i = int(np.argmin(values))
         if values[i] < self.best_value or (values[i] == self.best_value and points[i] < self.best_order):
@@ -319,9 +320,9 @@ class _OrderSearch:
         self.evaluate(candidates)
         if not lo <= self.best_order <= hi:  # the smallest grid order won: start again around it
             return self.bracket()
-        edges = np.unique(np.concatenate([[lo, hi, self.best_order], points]))
-        j = int(np.searchsorted(edges, self.best_order))
-        return float(edges[max(j - 1, 0)]), float(edges[min(j + 1, edges.size - 1)])
+        b = self.best_order  # the new bracket: the nearest points on either side (screened-out ones included)
+        below, above = points[points < b], points[points > b]
+        return (max(lo, float(below.max())) if below.size else lo), (min(hi, float(above.min())) if above.size else hi)
 
     def zoom(self, start: float | None = None) -> None:
         """Converge on the best order inside :meth:`bracket`, to a bracket narrower than ``_ZOOM_RTOL`` × the order.
@@ -374,8 +375,9 @@ class _OrderSearch:
 
         Only the RDP part is modelled: the cumulant K(α) = (α - 1) ε_RDP(α), smooth and convex, is interpolated by
         the cubic through the four evaluated orders nearest the best one, and the conversion is applied exactly to
-        the model, which is then minimised on two nested grids of ``_MODEL_POINTS`` points (a Newton-like step that
-        also follows the conversion's own asymmetry about the minimum). A guess only: it picks where to evaluate.
+        the model, which is then minimised on a grid of 64 points (``_MODEL_GRID``) and by a parabola through the
+        grid's best three (a Newton-like step that also follows the conversion's own asymmetry about the minimum).
+        A guess only: it picks where to evaluate.
         """
         b = self.best_order
         i = int(np.searchsorted(self.orders, b))
@@ -388,15 +390,13 @@ class _OrderSearch:
         d01, d12, d23 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1), (y3 - y2) / (x3 - x2)
         d012, d123 = (d12 - d01) / (x2 - x0), (d23 - d12) / (x3 - x1)
         d0123 = (d123 - d012) / (x3 - x0)
-        left, right = lo, hi
-        for _ in range(2):
-            x = np.linspace(left, right, _MODEL_POINTS)
-            model = y0 + (x - x0) * (d01 + (x - x1) * (d012 + (x - x2) * d0123))
-            g = self.objective(x, np.maximum(model, 0.0) / (x - 1.0), False)
-            k = int(np.argmin(g))
-            step = (right - left) / (_MODEL_POINTS - 1)
-            left, right = max(x[k] - step, lo), min(x[k] + step, hi)
-        v = 0.5 * (left + right)
+        x = lo + (hi - lo) * _MODEL_GRID
+        model = y0 + (x - x0) * (d01 + (x - x1) * (d012 + (x - x2) * d0123))
+        g = self.objective(x, np.maximum(model, 0.0) / (x - 1.0), False).tolist()
+        k = min(max(int(np.argmin(g)), 1), len(g) - 2)
+        curvature = g[k - 1] - 2.0 * g[k] + g[k + 1]  # then the parabola through the grid's best three points
+        shift = 0.5 * (g[k - 1] - g[k + 1]) / curvature if curvature > 0.0 else 0.0
+        v = float(x[k]) + max(min(shift, 1.0), -1.0) * (hi - lo) / (len(g) - 1)
         return v if lo < v < hi and math.isfinite(v) else None
 
 

@@ -345,7 +345,9 @@ def _log_a_minus_1_moments(q: float, sigma: float, alpha: NDArray[np.float64]) -
     k = np.arange(2, _MOMENT_TERMS + 2, dtype=np.float64)
     moments = (weights[None, :] * e[None, :] ** k[:, None]).sum(axis=1)
     a = alpha[:, None]
-    coef = special.gammasgn(a - k + 1.0) * np.exp(_log_binom(a, k[None, :]) + k * math.log(q))
+    # the sign of C(α, k) flips with every k > ⌊α⌋ + 1 (gammasgn(α - k + 1) is nan where α - k + 1 rounds to a pole)
+    sign = np.where(np.maximum(k - np.floor(a) - 1.0, 0.0) % 2.0 == 1.0, -1.0, 1.0)
+    coef = sign * np.exp(_log_binom(a, k[None, :]) + k * math.log(q))
     return np.log((coef * moments[None, :]).sum(axis=1))
 
 

@@ -105,3 +105,11 @@ def test_bad_arguments_are_named(call, name):
     with pytest.raises(InvalidArgumentError) as info:
         call()
     assert info.value.name == name
+
+
+@pytest.mark.parametrize("q,sigma", [(1e-8, 1e5), (0.01, 1.0), (0.5, 30.0)])
+def test_orders_a_rounding_error_away_from_an_integer_are_finite(q, sigma):
+    # Regression: the moment series took the sign of C(α, k) from gammasgn(α - k + 1), which is nan where
+    # α - k + 1 rounds to a pole; the order search met α = 2.9999999999999996 and lost a whole batch to the nan.
+    near = np.array([np.nextafter(3.0, 0.0), np.nextafter(3.0, 4.0), np.nextafter(20.0, 0.0)])
+    np.testing.assert_allclose(poisson_gaussian_rdp(q, sigma, near), poisson_gaussian_rdp(q, sigma, [3.0, 3.0, 20.0]), rtol=1e-12)
