@@ -212,7 +212,7 @@ def _minimise(
 ) -> Conversion:
     """Minimise ``objective(α, curve(α), kl)`` over the grid and, with ``refine``, converge on the continuous
     minimum (see :class:`_OrderSearch`)."""
-    grid = np.unique(DEFAULT_ORDERS if orders is None else check_orders(orders))
+    grid = DEFAULT_ORDERS if orders is None else np.unique(check_orders(orders))  # the default is sorted, unique
     return _OrderSearch(curve, objective, grid).run(refine, start)
 
 
