@@ -240,7 +240,9 @@ def _log_a_minus_1_frac(q: float, sigma: float, alpha: NDArray[np.float64]) -> N
 
 def _log_a_minus_1_frac_terms(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
     n_terms = int(math.ceil(alpha.max())) + 2 + _TAIL_TERMS + _EULER_AVERAGINGS
-    first, first_sign, log_k, z0 = _first_series(q, sigma, n_terms)
+    # the cached rows are built 64 terms at a time, so that one (q, σ) serves every order near the last ones
+    first, first_sign, log_k, z0 = _first_series(q, sigma, -(-n_terms // 64) * 64)
+    first, first_sign, log_k = first[:n_terms], first_sign[:n_terms], log_k[:, :n_terms]
     a = alpha[:, None]
     log_1mq = math.log1p(-q)
     # C(α,k) = Π_{i=1}^{k} (α - i + 1)/i: its log-magnitude and its sign (which flips with every i > α + 1)
