@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -290,20 +291,25 @@ def accountant_from_state_dict(state: Mapping[str, Any]) -> Accountant:
 class PldAccountant(Accountant):
     """Privacy-loss-distribution accountant (Koskela, Jälkö, Honkela 2020), see :mod:`dpcalib.pld`.
 
-    The discretised PLDs of the Poisson-subsampled Gaussian (connect-the-dots, Doroshenko et al. 2022; both
-    add/remove directions, Zhu, Dong, Wang 2022) are composed by FFT; the reported value is the smaller of the PLD
-    bound and the RDP bound of :class:`RdpAccountant`. Both are upper bounds of the true ε (or δ), hence so is
-    their minimum, and ``accountant="pld"`` never reports more than ``accountant="rdp"`` (RDP can be the tighter
-    one at tiny ε on a coarse grid, or below the PLD's truncated mass).
+    The discretised PLDs (connect-the-dots, Doroshenko et al. 2022) are composed by FFT with a proven round-off
+    bound; the reported value is the smaller of the PLD bound and the RDP bound of :class:`RdpAccountant`. Both
+    are upper bounds of the true ε (or δ), hence so is their minimum, and ``accountant="pld"`` never reports more
+    than ``accountant="rdp"`` (RDP can be the tighter one at tiny ε on a coarse grid, or below the PLD's
+    truncated mass). A PLD that cannot be represented (e.g. 10¹⁵ steps) answers ε = ∞ / δ = 1, so the RDP bound
+    is reported there; a PLD answer is never NaN or 0 by accident.
 
     Args:
-        neighbouring: ``"add_remove"`` only; sampling without replacement under replace-one has no PLD here
-            (use ``accountant="rdp"``), so other relations raise :class:`UnsupportedEventError`.
+        neighbouring: ``"add_remove"`` (default): ``Gaussian`` (sensitivity C) and ``PoissonSampled(q, Gaussian)``
+            (Zhu, Dong, Wang 2022 dominating pairs, both directions). ``"replace_one"``: ``Gaussian`` (sensitivity
+            2C) and ``SampledWithoutReplacement(n, batch, Gaussian)`` (fixed-size batches; the symmetric dominating
+            PLD of :func:`dpcalib.pld.without_replacement_gaussian_pld`, from Balle, Barthe, Gaboardi 2018, Thm. 10
+            and Zhu, Dong, Wang 2022). In both, ``sigma`` is the noise std divided by the clipping norm C.
         value_discretization_interval: the grid interval Δ of the privacy loss (nats). ``None`` (default) picks
             :func:`dpcalib.pld.default_interval`, which keeps ε within 0.5 % above the true value on DP-SGD
             settings; smaller is tighter and slower.
 
-    Supported events: ``Gaussian`` and ``PoissonSampled(q, Gaussian)``, in any ``Repeated``/``Composed`` nesting.
+    Any ``Repeated``/``Composed`` nesting of the supported events is accepted; others raise
+    :class:`UnsupportedEventError`.
     """
 
     name = "pld"
@@ -314,11 +320,6 @@ class PldAccountant(Accountant):
         value_discretization_interval: float | None = None,
     ) -> None:
         super().__init__(neighbouring)
-        if self.neighbouring is not Neighbouring.ADD_REMOVE:
-            raise UnsupportedEventError(
-                "PldAccountant supports neighbouring='add_remove' (Poisson sampling) only; "
-                "use accountant='rdp' for replace-one and sampling without replacement"
-            )
         if value_discretization_interval is not None:
             value_discretization_interval = check.positive("value_discretization_interval", value_discretization_interval)
         self.value_discretization_interval = value_discretization_interval
@@ -328,7 +329,7 @@ class PldAccountant(Accountant):
     def compose(self, event: Event, count: int = 1) -> "PldAccountant":
         count = check.count("count", count)
         for leaf in leaf_counts(event):
-            _pld_phase(leaf, 1)
+            _pld_phase(leaf, 1, self.neighbouring)
         self._rdp.compose(event, count)
         self._record(event, count)
         self._distribution = None
@@ -340,11 +341,12 @@ class PldAccountant(Accountant):
             counts: dict[Event, int] = {}
             for event, count in self.history:
                 leaf_counts(event, count, counts)
-            merged: dict[tuple[float, float], int] = {}
+            merged: dict[tuple[float, float, str], int] = {}
             for leaf, count in counts.items():
-                phase = _pld_phase(leaf, count)
-                merged[phase.q, phase.sigma] = merged.get((phase.q, phase.sigma), 0) + count
-            phases = [pld.Phase(q, sigma, count) for (q, sigma), count in merged.items()]
+                phase = _pld_phase(leaf, count, self.neighbouring)
+                key = (phase.q, phase.sigma, phase.sampling)
+                merged[key] = merged.get(key, 0) + count
+            phases = [pld.Phase(q, sigma, count, sampling) for (q, sigma, sampling), count in merged.items()]
             self._distribution = pld.SubsampledGaussianPld(phases, interval=self.value_discretization_interval)
         return self._distribution
 
@@ -353,14 +355,18 @@ class PldAccountant(Accountant):
         delta = check.open_unit("delta", delta)
         if not self.history:
             return 0.0
-        return min(self.distribution().epsilon(delta), self._rdp._convert_epsilon(delta, warn=False).value)
+        bound = self.distribution().epsilon(delta)
+        rdp_bound = self._rdp._convert_epsilon(delta, warn=False).value
+        return min(bound, rdp_bound) if bound >= 0.0 else rdp_bound  # a NaN PLD answer never wins
 
     def delta(self, eps: float) -> float:
         """min(PLD δ, RDP δ) at ``eps``: an upper bound (0 if nothing was composed)."""
         eps = check.positive("eps", eps)
         if not self.history:
             return 0.0
-        return min(self.distribution().delta(eps), self._rdp.delta(eps))
+        bound = self.distribution().delta(eps) if math.isfinite(eps) else 0.0
+        rdp_bound = self._rdp.delta(eps)
+        return min(bound, rdp_bound) if bound >= 0.0 else rdp_bound
 
     def state_dict(self) -> dict[str, Any]:
         return self._state({"value_discretization_interval": self.value_discretization_interval})
@@ -370,15 +376,24 @@ class PldAccountant(Accountant):
         return cls(**_options_of(state, cls))._replay(state.get("history"))  # type: ignore[return-value]
 
 
-def _pld_phase(leaf: Event, count: int) -> pld.Phase:
-    """The PLD phase of ``count`` runs of a leaf event, or :class:`UnsupportedEventError`."""
+def _pld_phase(leaf: Event, count: int, neighbouring: Neighbouring) -> pld.Phase:
+    """The PLD phase of ``count`` runs of a leaf event under ``neighbouring``, or :class:`UnsupportedEventError`."""
+    if neighbouring is Neighbouring.ADD_REMOVE:
+        if isinstance(leaf, Gaussian):
+            return pld.Phase(1.0, leaf.sigma, count)
+        if isinstance(leaf, PoissonSampled) and isinstance(leaf.event, Gaussian):
+            return pld.Phase(leaf.q, leaf.event.sigma, count)
+        raise UnsupportedEventError(
+            f"PldAccountant with neighbouring='add_remove' supports Gaussian and PoissonSampled(q, Gaussian) events, "
+            f"not {leaf!r}; fixed-size sampling without replacement needs neighbouring='replace_one'"
+        )
     if isinstance(leaf, Gaussian):
-        return pld.Phase(1.0, leaf.sigma, count)
-    if isinstance(leaf, PoissonSampled) and isinstance(leaf.event, Gaussian):
-        return pld.Phase(leaf.q, leaf.event.sigma, count)
+        return pld.Phase(1.0, leaf.sigma, count, "without_replacement")
+    if isinstance(leaf, SampledWithoutReplacement) and isinstance(leaf.event, Gaussian):
+        return pld.Phase(leaf.batch / leaf.n, leaf.event.sigma, count, "without_replacement")
     raise UnsupportedEventError(
-        f"PldAccountant supports Gaussian and PoissonSampled(q, Gaussian) events only, not {leaf!r}; "
-        "use accountant='rdp' for sampling without replacement"
+        f"PldAccountant with neighbouring='replace_one' supports Gaussian and SampledWithoutReplacement(n, batch, "
+        f"Gaussian) events, not {leaf!r}; Poisson sampling needs neighbouring='add_remove'"
     )
 
 

@@ -300,11 +300,13 @@ def test_empty_accountant_spends_nothing() -> None:
 
 def test_unsupported_events_and_relations_are_refused_clearly() -> None:
     acc = PldAccountant()
-    with pytest.raises(UnsupportedEventError, match="rdp"):
+    with pytest.raises(UnsupportedEventError, match="replace_one"):
         acc.compose(SampledWithoutReplacement(1000, 10, Gaussian(1.0)))
     assert acc.history == []
+    replace_one = PldAccountant(neighbouring="replace_one")
     with pytest.raises(UnsupportedEventError, match="add_remove"):
-        PldAccountant(neighbouring="replace_one")
+        replace_one.compose(PoissonSampled(0.01, Gaussian(1.0)))
+    assert replace_one.history == []
     with pytest.raises(InvalidArgumentError) as info:
         PldAccountant(value_discretization_interval=0.0)
     assert info.value.name == "value_discretization_interval"
