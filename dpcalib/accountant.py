@@ -387,10 +387,11 @@ def _pld_phase(leaf: Event, count: int, neighbouring: Neighbouring) -> pld.Phase
             f"PldAccountant with neighbouring='add_remove' supports Gaussian and PoissonSampled(q, Gaussian) events, "
             f"not {leaf!r}; fixed-size sampling without replacement needs neighbouring='replace_one'"
         )
+    # replace-one: a clipped sum moves by up to 2C, so the noise std per unit of sensitivity is σ/2
     if isinstance(leaf, Gaussian):
-        return pld.Phase(1.0, leaf.sigma, count, "without_replacement")
+        return pld.Phase(1.0, leaf.sigma / 2.0, count)
     if isinstance(leaf, SampledWithoutReplacement) and isinstance(leaf.event, Gaussian):
-        return pld.Phase(leaf.batch / leaf.n, leaf.event.sigma, count, "without_replacement")
+        return pld.Phase(leaf.batch / leaf.n, leaf.event.sigma / 2.0, count, "without_replacement")
     raise UnsupportedEventError(
         f"PldAccountant with neighbouring='replace_one' supports Gaussian and SampledWithoutReplacement(n, batch, "
         f"Gaussian) events, not {leaf!r}; Poisson sampling needs neighbouring='add_remove'"

@@ -6,8 +6,10 @@ divergence, i.e. the smallest δ for a given ε, is
     δ(ε) = E_P[(1 − e^{ε − L})_+] = P(L > ε) − e^ε Q(L > ε)                     (Meiser & Mohammadi 2018)
 
 and PLDs of independent (adaptively composed) mechanisms convolve (Sommer, Meiser, Mohammadi 2019;
-Koskela, Jälkö, Honkela 2020). ``sigma`` is always the noise multiplier: noise standard deviation / clipping
-norm C. The relation's sensitivity (C under add/remove, 2C under replace-one) is applied here.
+Koskela, Jälkö, Honkela 2020). Here ``sigma`` is the noise standard deviation per unit of L2 sensitivity: the
+accountant (:class:`dpcalib.accountant.PldAccountant`) divides the public noise multiplier σ = noise std /
+clipping norm C by the relation's sensitivity in units of C (1 under add/remove, 2 under replace-one, where
+replacing one record moves the clipped sum by up to 2C).
 
 Mechanisms (a :class:`Phase` is ``count`` steps of one of them):
 
@@ -23,16 +25,17 @@ Mechanisms (a :class:`Phase` is ``count`` steps of one of them):
   step, so each direction is composed on its own and the larger ε (or δ) of the two is reported.
 
 * Fixed-size batches of b out of n records drawn without replacement, replace-one neighbours
-  (``sampling="without_replacement"``, q = b/n; q = 1 is the plain Gaussian mechanism). Replacing one record
-  moves the clipped sum by up to 2C, so the base mechanism is dominated by (N(2, σ²), N(0, σ²)). For every
-  pair of replace-one neighbours and every ε ≥ 0, δ(ε) ≤ q·δ_base(log(1 + (e^ε − 1)/q)) (Balle, Barthe, Gaboardi
-  2018, Thm. 10, by advanced joint convexity), which is exactly δ(ε) of the pair
-  R = (q·N(2, σ²) + (1 − q)·N(0, σ²), N(0, σ²)), i.e. of the "remove" pair above with noise multiplier σ/2.
+  (``sampling="without_replacement"``, q = b/n; q = 1 is the plain Gaussian mechanism). In units of the
+  sensitivity the base mechanism is dominated by (N(1, σ²), N(0, σ²)) (σ = std/(2C) for a clipped sum). For
+  every pair of replace-one neighbours and every ε ≥ 0, δ(ε) ≤ q·δ_base(log(1 + (e^ε − 1)/q)) (Balle, Barthe,
+  Gaboardi 2018, Thm. 10, by advanced joint convexity), which is exactly δ(ε) of the pair
+  R = (q·N(1, σ²) + (1 − q)·N(0, σ²), N(0, σ²)), i.e. of the "remove" pair above.
   R is not symmetric, and it dominates only for ε ≥ 0; for ε < 0 the identity H_α(P‖Q) = 1 − α + α H_{1/α}(Q‖P)
   and the symmetry of the relation give the mirrored bound (Zhu, Dong, Wang 2022, §5, subsampling without
   replacement; Dong, Roth, Su 2022, Thm. 4.2, the same bound as the trade-off function C_q(G_{2/σ})). One pair
   dominating for all ε is the *symmetric* PLD that equals R's for losses ℓ > 0, carries P-mass e^{−ℓ}·ω_R(ℓ)
-  at −ℓ and the remaining mass, (1 − q)(2Φ(1/σ) − 1), at 0. It is its own mirror, so one direction is composed.
+  at −ℓ and the remaining mass, (1 − q)(2Φ(1/(2σ)) − 1), at 0. It is its own mirror, so one direction is
+  composed.
 
 Discretisation. Losses live on the grid ℓ_k = kΔ (Δ = ``value_discretization_interval``).
 
@@ -122,7 +125,7 @@ _DIRECTIONS = ("remove", "add")
 _EPS_ROUND_UP = 1e-12  # relative round-up of a reported ε
 _ROUNDOFF_SHARE = 1e-3  # a query is recomposed with a tilt when the round-off allowance exceeds this share of δ
 _SPLIT_SLACK = 64 * np.finfo(float).eps  # extra P-mass moved up per interval, covering round-off in the split
-_TILT_WRAP = 1e-6  # tilted mass allowed to wrap around the window of a tilted composition (see compose)
+_TILT_WRAP = 1e-12  # tilted mass allowed to wrap around the window of a tilted composition (see compose)
 _MAX_GRID_INDEX = 2.0**52  # grid indices beyond this lose integer precision in float64: the PLD is vacuous there
 _MAX_COARSENINGS = 12  # attempts at fitting the FFT window by coarsening Δ before the PLD is declared vacuous
 _UNIT_ROUNDOFF = np.finfo(float).eps / 2  # u = 2^-53
@@ -133,11 +136,13 @@ _TWIDDLE = 2 * _UNIT_ROUNDOFF  # μ: the error of a computed twiddle factor
 
 @dataclass(frozen=True)
 class Phase:
-    """``count`` steps of the Gaussian mechanism with noise multiplier ``sigma`` (noise std / clipping norm C).
+    """``count`` steps of the Gaussian mechanism with noise std ``sigma`` per unit of L2 sensitivity.
 
     ``sampling="poisson"``: each record is in the batch independently with probability ``q``; add/remove
-    neighbours (sensitivity C). ``sampling="without_replacement"``: a batch of fixed size b out of n records,
-    ``q = b/n`` (1 for the whole dataset); replace-one neighbours (sensitivity 2C, applied here).
+    neighbours (sensitivity C: ``sigma`` is noise std / C). ``sampling="without_replacement"``: a batch of fixed
+    size b out of n records, ``q = b/n`` (1 for the whole dataset); replace-one neighbours (sensitivity 2C:
+    ``sigma`` is noise std / (2C), the accountant halves the noise multiplier). A phase with q = 1 is the plain
+    Gaussian mechanism, symmetric, and may join either kind.
     """
 
     q: float
@@ -151,11 +156,6 @@ class Phase:
         object.__setattr__(self, "count", check.count("count", self.count))
         if self.sampling not in SAMPLINGS:
             raise InvalidArgumentError("sampling", self.sampling, "one of " + ", ".join(map(repr, SAMPLINGS)))
-
-    @property
-    def remove_sigma(self) -> float:
-        """The noise multiplier of the "remove" pair that describes the phase: σ, or σ/2 for sensitivity 2C."""
-        return self.sigma if self.sampling == "poisson" else self.sigma / 2.0
 
 
 @dataclass(frozen=True)
@@ -289,16 +289,16 @@ class DiscretePld:
 
 
 def _spread(phase: Phase) -> float:
-    """q·√(e^{1/σ'²} − 1) for the phase's "remove" noise multiplier σ' (∞ for σ' ≤ 0.04, where it overflows)."""
-    sigma = phase.remove_sigma
+    """q·√(e^{1/σ²} − 1) for the phase (∞ for σ ≤ 0.04, where it overflows)."""
+    sigma = phase.sigma
     return phase.q * math.sqrt(math.expm1(1.0 / (sigma * sigma))) if sigma > 0.04 else math.inf
 
 
 def default_interval(phases: Sequence[Phase]) -> float:
-    """The default grid interval: min(1e-3, s/8) over the phases, s = q·√(e^{1/σ'²} − 1), but at least 1e-5.
+    """The default grid interval: min(1e-3, s/8) over the phases, s = q·√(e^{1/σ²} − 1), but at least 1e-5.
 
-    σ' is the noise multiplier per unit of sensitivity (σ, or σ/2 for replace-one). s is the standard deviation
-    of one step's privacy loss for small q (the χ²-divergence of the Gaussian pair is e^{1/σ'²} − 1); the
+    σ is the noise std per unit of sensitivity (:class:`Phase`). s is the standard deviation of one step's
+    privacy loss for small q (the χ²-divergence of the Gaussian pair is e^{1/σ²} − 1); the
     connect-the-dots error shrinks like (Δ/s)² to (Δ/s)³, and Δ = s/8 kept the reported ε within 0.15 % of a
     4–8× finer grid on DP-SGD settings from q = 1e-4 to 1, σ = 0.5 to 5 and up to 10⁵ steps (docs/pld.md).
     """
@@ -408,15 +408,16 @@ def without_replacement_gaussian_pld(
     pessimistic: bool = True,
     tail_mass: float = DEFAULT_TAIL_MASS,
 ) -> DiscretePld:
-    """The discretised, symmetric PLD of one step of the Gaussian mechanism (noise multiplier ``sigma`` = noise
-    std / C) on a batch of b = q·n records drawn without replacement, under replace-one neighbours.
+    """The discretised, symmetric PLD of one step of the Gaussian mechanism (noise std ``sigma`` per unit of
+    sensitivity) on a batch of b = q·n records drawn without replacement, under replace-one neighbours.
 
-    Replacing a record moves the clipped sum by up to 2C. For ε ≥ 0 every pair of neighbours has
-    δ(ε) ≤ q·δ_{N(2,σ²)‖N(0,σ²)}(log(1 + (e^ε − 1)/q)) (Balle, Barthe, Gaboardi 2018, Thm. 10), the δ(ε) of the
-    pair R = (q·N(2, σ²) + (1 − q)·N(0, σ²), N(0, σ²)), i.e. the "remove" pair of
-    :func:`subsampled_gaussian_pld` with noise multiplier σ/2. For ε < 0 the mirrored bound holds
+    For a sum of gradients clipped to C, replacing a record moves the sum by up to 2C, so ``sigma`` = noise
+    std / (2C) (:class:`PldAccountant <dpcalib.accountant.PldAccountant>` passes the noise multiplier / 2). For
+    ε ≥ 0 every pair of neighbours has δ(ε) ≤ q·δ_{N(1,σ²)‖N(0,σ²)}(log(1 + (e^ε − 1)/q)) (Balle, Barthe,
+    Gaboardi 2018, Thm. 10), the δ(ε) of the pair R = (q·N(1, σ²) + (1 − q)·N(0, σ²), N(0, σ²)), i.e. the
+    "remove" pair of :func:`subsampled_gaussian_pld`. For ε < 0 the mirrored bound holds
     (H_α(P‖Q) = 1 − α + α H_{1/α}(Q‖P) and the relation is symmetric; Zhu, Dong, Wang 2022, §5; Dong, Roth, Su
-    2022, Thm. 4.2, trade-off function C_q(G_{2/σ})), so the pair dominating for every ε is the symmetric PLD ω
+    2022, Thm. 4.2, trade-off function C_q(G_{1/σ})), so the pair dominating for every ε is the symmetric PLD ω
     with ω(ℓ) = ω_R(ℓ) for ℓ > 0, ω(−ℓ) = e^{−ℓ} ω(ℓ), and the rest of the mass at ℓ = 0.
 
     It is built from R's discretisation (connect-the-dots if pessimistic, which dominates R for ε ≥ 0; rounded
@@ -425,7 +426,7 @@ def without_replacement_gaussian_pld(
     moved from the lowest positive losses to +∞ (pessimistic) or to 0 (optimistic) until it is not.
     """
     q, sigma = check.rate("q", q), check.positive("sigma", sigma)
-    base = subsampled_gaussian_pld(q, sigma / 2.0, "remove", interval=interval, pessimistic=pessimistic,
+    base = subsampled_gaussian_pld(q, sigma, "remove", interval=interval, pessimistic=pessimistic,
                                    tail_mass=tail_mass)
     first = max(0, 1 - base.offset)  # the first bin with a loss ≥ Δ > 0
     top = base.offset + base.pmf.size - 1  # the largest grid index
@@ -623,7 +624,7 @@ def compose(
         # The tilted distribution sits further up: its own Chernoff edge (log-MGF of the tilted PMF at λ is
         # K(θ + λ) − K(θ)) keeps all but _TILT_WRAP of it inside the window. Tilted mass that wraps around is only
         # added (sound); where it lands above ``centre`` the tilt back multiplies it by at most e^{a − θ·centre},
-        # so it weighs at most about 2·_TILT_WRAP relative to δ there (the tilted mass above the centre is ≈ 1/2).
+        # so relative to δ it weighs at most _TILT_WRAP over the tilted mass above the centre.
         lam_tilted, log_tilted = _chernoff(steps, ladder, math.log(_TILT_WRAP), 1.0, tilt)
         # (capped at the largest window: more wrapped mass only loosens the bound)
         with np.errstate(all="ignore"):
@@ -714,7 +715,8 @@ class SubsampledGaussianPld:
 
     Poisson phases (add/remove) are composed in the "remove" and the "add" direction and the worse is reported;
     without-replacement phases (replace-one) have one symmetric PLD (:func:`without_replacement_gaussian_pld`).
-    The two kinds cannot be mixed: they assume different neighbouring relations. With ``pessimistic=True``
+    The two kinds cannot be mixed (they assume different neighbouring relations), except that a phase with
+    q = 1, the plain Gaussian mechanism, is symmetric and joins either. With ``pessimistic=True``
     (default) ``epsilon(delta)`` and ``delta(eps)`` are upper bounds of the true values (connect-the-dots,
     Doroshenko et al. 2022; proven round-off bound), otherwise lower bounds. When the round-off allowance would
     weigh more than 0.1 % of the δ asked about (tiny δ, many steps), the direction is composed again with an
@@ -740,19 +742,20 @@ class SubsampledGaussianPld:
     ) -> None:
         if not phases or not all(isinstance(p, Phase) for p in phases):
             raise InvalidArgumentError("phases", phases, "a non-empty sequence of Phase")
-        samplings = {p.sampling for p in phases}
-        if len(samplings) > 1:
-            raise InvalidArgumentError("phases", phases, "phases of one sampling (one neighbouring relation)")
+        self.symmetric = any(p.sampling == "without_replacement" for p in phases)
+        if self.symmetric and any(p.sampling == "poisson" and p.q < 1.0 for p in phases):
+            raise InvalidArgumentError(
+                "phases", phases, "phases of one neighbouring relation (Poisson with q < 1 is add/remove only)"
+            )
         interval = default_interval(phases) if interval is None else check.positive("interval", interval)
         self.phases = tuple(phases)
         self.pessimistic = pessimistic
         self.tail_mass = check.open_unit("tail_mass", tail_mass)
-        self.symmetric = samplings == {"without_replacement"}
         directions = ("replace_one",) if self.symmetric else _DIRECTIONS
         widest = 0.0
         for p in self.phases:
             for d in ("remove",) if self.symmetric else _DIRECTIONS:
-                low, high = _loss_range(p.q, p.remove_sigma, d, tail_mass)
+                low, high = _loss_range(p.q, p.sigma, d, tail_mass)
                 widest = max(widest, 2.0 * max(abs(low), abs(high)) if self.symmetric else high - low)
         interval = max(interval, widest / MAX_GRID_POINTS)
         self.by_direction: dict[str, DiscretePld | None] = {}
@@ -773,8 +776,9 @@ class SubsampledGaussianPld:
 
     def _single(self, phase: Phase, direction: str, interval: float) -> DiscretePld:
         options = dict(interval=interval, pessimistic=self.pessimistic, tail_mass=self.tail_mass)
-        if phase.sampling == "without_replacement":
+        if phase.sampling == "without_replacement":  # (a Poisson phase with q = 1 is symmetric: "remove" serves)
             return without_replacement_gaussian_pld(phase.q, phase.sigma, **options)  # type: ignore[arg-type]
+        direction = direction if direction in _DIRECTIONS else "remove"
         return subsampled_gaussian_pld(phase.q, phase.sigma, direction, **options)  # type: ignore[arg-type]
 
     @property
