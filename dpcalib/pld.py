@@ -66,8 +66,10 @@ adds a relative error ρ = (1 + √2γ₂)^E − 1 (:func:`_power`); the inverse
     ‖ŷ − y‖₂ ≤ B = (1 + ε_F)(1 + u)(1 + ρ)(Y₂ + E) − Y₂,   E = √2 ε_F M^{n−1} Σ_i T_i ‖a_i‖₂,
 
 with Y₂ = M^{n−1} min_i ‖a_i‖₂ ≥ ‖y‖₂ (Young's inequality): the one-convolution bound c·u·log₂N·‖a‖₂‖b‖₂ carried
-through the power (√2: the half spectrum of a real transform, extended by symmetry; u: the 1/N scaling). Clamping ŷ at 0 keeps the bound (y ≥ 0). A query weights the bins above ε by w_ℓ = 1 − e^{ε−ℓ} ∈ [0, 1],
-so by Cauchy–Schwarz its error is at most B·‖w‖₂, added to δ (subtracted for the optimistic bound): an error of
+through the power (√2: the half spectrum of a real transform, extended by symmetry; u: the 1/N scaling; an
+absolute 2^-1021 per multiplication covers underflow). Bins that wrap around the window are rounded sums: the
+inputs are then exact only to a relative u, and y to a factor (1 ± u)^n, folded into the PMF and B. Clamping ŷ at
+0 keeps the bound (y ≥ 0). A query weights the bins above ε by w_ℓ = 1 − e^{ε−ℓ} ∈ [0, 1], so by Cauchy–Schwarz its error is at most B·‖w‖₂, added to δ (subtracted for the optimistic bound): an error of
 B per bin would cost B times the number of bins, ‖w‖₂ costs only its square root. Where B·‖w‖₂ would weigh more
 than 0.1 % of the δ asked about (tiny δ), the composition is redone with an exponential tilt
 p_ℓ ↦ p_ℓ e^{θℓ}/E[e^{θL}] that centres the tilted distribution on the tail in question; the same bound then
@@ -463,7 +465,7 @@ def _log_mgf(pld: DiscretePld, lambdas: np.ndarray) -> np.ndarray:
 
 def _chernoff_lambdas(steps: Sequence[tuple[DiscretePld, int]], log_tail: float) -> np.ndarray:
     """Exponents λ for the Chernoff bounds: from 0.05 (heavy tails) to 8× the optimum √(2 log(1/τ)/Var) of a
-    Gaussian tail, in steps of 2 (:func:`_chernoff` refines around the best). Any λ > 0 gives a valid bound; a
+    Gaussian tail, in steps of 4 (:func:`_chernoff` refines around the best). Any λ > 0 gives a valid bound; a
     good one only makes the window narrower.
     """
     variance = 0.0
@@ -477,7 +479,7 @@ def _chernoff_lambdas(steps: Sequence[tuple[DiscretePld, int]], log_tail: float)
         raise _GridTooLarge(math.inf)
     best = math.sqrt(-2.0 * log_tail / max(variance, steps[0][0].interval ** 2))
     low, high = min(0.05, best / 64.0), best * 8.0
-    return np.geomspace(low, high, math.ceil(math.log2(high / low)) + 1)
+    return np.geomspace(low, high, math.ceil(math.log(high / low, 4.0)) + 1)
 
 
 def _chernoff(
@@ -485,7 +487,7 @@ def _chernoff(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(λ, K(λ)) for the Chernoff bounds of one side (sign = +1: upper tail, −1: lower tail) of the composition,
     K(λ) = Σ_i T_i (K_i(shift + sign·λ) − K_i(shift)), K_i(0) = 0 taken for a PMF of mass ≤ 1 (the log-MGF of the composition tilted by ``shift``): the
-    ladder, plus the two points a factor √2 either side of the ladder's best edge (K(λ) − log τ)/λ."""
+    ladder, plus points a factor 2, then √2, either side of the best edge (K(λ) − log τ)/λ found so far."""
 
     def log_mgf(lam: np.ndarray) -> np.ndarray:
         total = np.zeros(lam.size)
@@ -498,10 +500,12 @@ def _chernoff(
         return total
 
     values = log_mgf(lambdas)
-    with np.errstate(all="ignore"):
-        best = lambdas[np.argmin((values - log_tail) / lambdas)]
-    extra = best * np.array([2.0**-0.5, 2.0**0.5])
-    return np.concatenate((lambdas, extra)), np.concatenate((values, log_mgf(extra)))
+    for factor in (2.0, 2.0**0.5):  # two refinements: the ladder's best edge ×/÷ 2, then ×/÷ √2
+        with np.errstate(all="ignore"):
+            best = lambdas[np.argmin((values - log_tail) / lambdas)]
+        extra = best * np.array([1.0 / factor, factor])
+        lambdas, values = np.concatenate((lambdas, extra)), np.concatenate((values, log_mgf(extra)))
+    return lambdas, values
 
 
 class _GridTooLarge(Exception):
@@ -602,7 +606,8 @@ def compose(
     composed, and tilted back (Koskela et al. 2020 discuss the same loss of relative precision in the tails). The
     round-off bound then holds in the tilted domain and is carried back with the weights E[e^{θL}]^T e^{−θℓ},
     which are small above ``centre``; the relative errors of the exponentials of the tilt, r_in per input and
-    r_out on the way back, are folded into the PMF as the factor (1 − r_in)^{−T}/(1 − r_out). Any θ gives a
+    r_out on the way back, are folded into the PMF as the factor (1 − r_in)^{−T}/(1 − r_out) (r_in also covers
+    the rounding of bins that wrap around the window, untilted too). Any θ gives a
     valid bound; a good one only makes it tighter.
     """
     from scipy import fft as sp_fft
@@ -656,8 +661,13 @@ def compose(
             weights = np.exp(log_pmf + tilted - log_mgf_one)
             finite = log_pmf[np.isfinite(log_pmf)]
             spread = float(np.abs(finite).max(initial=0.0)) + float(np.abs(tilted).max()) + abs(log_mgf_one)
-            r_in = max(r_in, _exp_error(spread))
+            r_this = _exp_error(spread)
             log_scale += count * log_mgf_one
+        else:
+            r_this = 0.0
+        if pld.pmf.size > size:  # bins that wrap around are sums, rounded: a relative u more
+            r_this += _UNIT_ROUNDOFF * (1.0 + r_this)
+        r_in = max(r_in, r_this)
         placed = np.bincount((pld.offset + np.arange(pld.pmf.size)) % size, weights=weights, minlength=size)
         coefficients = sp_fft.rfft(placed)
         mass = float(placed.sum()) * (1.0 + 2.0 * size * _UNIT_ROUNDOFF)  # ≥ the exact sum ≥ |A_k|
@@ -677,6 +687,12 @@ def compose(
     roundoff = _roundoff_bound(size, total, log_m, weighted_norm, min_norm, mults)
     infinity_mass = -math.expm1(log_finite)
     if not tilt:
+        if r_in:  # inputs within a relative r_in of the placed ones: y within a factor (1 ± r_in)^T
+            log_factor = total * math.log1p(-min(r_in, 0.5)) * (-1.0 if pessimistic else 1.0)
+            if not (r_in < 0.5 and abs(log_factor) < 1.0):
+                return DiscretePld(step, k_lo, composed, infinity_mass, slack, pessimistic, math.inf)
+            composed *= math.exp(log_factor)
+            roundoff *= math.exp(log_factor)
         return DiscretePld(step, k_lo, composed, infinity_mass, slack, pessimistic, roundoff)
     # back to P: multiply by E[e^{θL}]^T e^{−θℓ}, capped at 1 (no bin can hold more than all the mass)
     tilted_back = tilt * (k_lo + np.arange(size)) * step
@@ -695,7 +711,8 @@ def compose(
 
 def _roundoff_bound(size: int, total: int, log_m: float, weighted_norm: float, min_norm: float, mults: int) -> float:
     """B ≥ ‖ŷ − y‖₂ for :func:`compose` (module docstring): B = (1 + ε_F)(1 + u)(1 + ρ)(Y₂ + E) − Y₂ with
-    E = √2 ε_F M^{n−1} Σ_i T_i ‖a_i‖₂, Y₂ = M^{n−1} min_i ‖a_i‖₂ and ρ = (1 + √2γ₂)^E_mults − 1; ``inf`` on overflow."""
+    E = √2 ε_F M^{n−1} Σ_i T_i ‖a_i‖₂ (+ 2^-1021 M^{n−1} per multiplication for underflow), Y₂ = M^{n−1} min_i ‖a_i‖₂
+    and ρ = (1 + √2γ₂)^E_mults − 1; ``inf`` if it overflows or is ≥ 1 (then it bounds nothing useful)."""
     eps_f = fft_relative_error(size)
     log_growth = (total - 1) * log_m
     if log_growth > 700.0:
@@ -706,6 +723,7 @@ def _roundoff_bound(size: int, total: int, log_m: float, weighted_norm: float, m
         return math.inf
     factor = math.expm1(math.log1p(eps_f) + math.log1p(_UNIT_ROUNDOFF) + rho_log)
     error = math.sqrt(2.0) * eps_f * growth * float(weighted_norm)  # Python floats: overflow gives inf, no warning
+    error += mults * growth * 2.0**-1021  # underflow: an absolute error below 2^-1022 per multiplication
     bound = growth * float(min_norm) * factor + (1.0 + factor) * error
     return bound if bound < 1.0 else math.inf  # ‖ŷ − y‖₂ ≥ 1 bounds nothing: every query is vacuous
 
@@ -804,10 +822,12 @@ class SubsampledGaussianPld:
             for direction, pld in self.by_direction.items():
                 if pld is None:
                     return math.inf if self.pessimistic else 0.0
-                eps, centre = pld.epsilon(delta), pld.estimate(delta)
-                if pld.roundoff_above(min(centre, 1e300)) > _ROUNDOFF_SHARE * delta:
-                    tilted = self._tilted(direction, centre)
-                    eps = eps if tilted is None else min(eps, tilted.epsilon(delta))
+                eps = pld.epsilon(delta)
+                if pld.roundoff_above(-math.inf) > _ROUNDOFF_SHARE * delta:  # the largest allowance, then the one
+                    centre = pld.estimate(delta)  # where the answer is
+                    if pld.roundoff_above(min(centre, 1e300)) > _ROUNDOFF_SHARE * delta:
+                        tilted = self._tilted(direction, centre)
+                        eps = eps if tilted is None else min(eps, tilted.epsilon(delta))
                 worst = max(worst, eps)
         return worst
 
