@@ -169,7 +169,8 @@ class DiscretePld:
     lower bounds (``slack`` subtracted). ``roundoff`` bounds ‖pmf − exact‖₂ after weighting bin ℓ by
     g_ℓ = exp(a − θℓ), ``(a, θ) = roundoff_tilt`` ((0, 0) unless the composition was tilted); a query adds (or
     subtracts) ``roundoff_above(eps)``. It is 0 for a single step and ``inf`` when the round-off could not be
-    bounded usefully (queries are then vacuous).
+    bounded usefully (queries are then vacuous). Mass below ``floor`` (a tilted composition's window) was dropped:
+    queries certify only ε ≥ ``floor`` (``delta`` answers 1 below it, ``epsilon`` ``inf`` if the answer would be).
     """
 
     interval: float
@@ -180,6 +181,7 @@ class DiscretePld:
     pessimistic: bool
     roundoff: float = 0.0
     roundoff_tilt: tuple[float, float] = (0.0, 0.0)
+    floor: float = -math.inf
 
     def _first_above(self, eps: float) -> int:
         """The index of the first bin whose loss may exceed ``eps`` (``pmf.size`` if none; ``eps`` may be ±inf)."""
@@ -219,6 +221,8 @@ class DiscretePld:
 
     def delta(self, eps: float) -> float:
         """Hockey-stick divergence δ(ε) = Σ_ℓ>ε p_ℓ (1 − e^{ε−ℓ}) + δ_∞ (± slack, ± round-off), clipped to [0, 1]."""
+        if eps < self.floor:
+            return 1.0 if self.pessimistic else 0.0
         first = self._first_above(eps)
         losses = self.losses(first)
         above = losses > eps
@@ -238,6 +242,10 @@ class DiscretePld:
         without R, the answer for the target δ − R(ε₀) is ≥ ε₀, so its own allowance is at most R(ε₀) and it
         meets δ. The optimistic bound adds R(−∞) to δ.
         """
+        eps = self._epsilon(delta)
+        return eps if eps >= self.floor else math.inf
+
+    def _epsilon(self, delta: float) -> float:
         need = delta - self._extra()
         if not need > 0.0:
             return math.inf
@@ -625,16 +633,23 @@ def compose(
     if not (abs(lo_edge) < _MAX_GRID_INDEX and abs(hi_edge) < _MAX_GRID_INDEX):  # also catches inf and nan
         raise _GridTooLarge(math.inf)
     tilt = 0.0 if centre is None else _saddle_point(steps, centre)
+    floor = -math.inf
     if tilt:
-        # The tilted distribution sits further up: its own Chernoff edge (log-MGF of the tilted PMF at λ is
-        # K(θ + λ) − K(θ)) keeps all but _TILT_WRAP of it inside the window. Tilted mass that wraps around is only
-        # added (sound); where it lands above ``centre`` the tilt back multiplies it by at most e^{a − θ·centre},
-        # so relative to δ it weighs at most _TILT_WRAP over the tilted mass above the centre.
-        lam_tilted, log_tilted = _chernoff(steps, ladder, math.log(_TILT_WRAP), 1.0, tilt)
-        # (capped at the largest window: more wrapped mass only loosens the bound)
+        # The window follows the tilted distribution (log-MGF of the tilted PMF at λ: K(θ + λ) − K(θ)), all but
+        # _TILT_WRAP of it on either side, and still reaches the untilted upper edge. Tilted mass that wraps around
+        # is only added (sound); back-tilted it weighs at most about _TILT_WRAP relative to δ near the centre.
+        # Losses below the window are dropped: the result is valid for queries at ε ≥ its lowest loss (``floor``),
+        # where they do not count, so the lower Chernoff slack is not needed either.
+        log_wrap = math.log(_TILT_WRAP)
+        lam_tilted, log_tilted = _chernoff(steps, ladder, log_wrap, 1.0, tilt)
+        lam_below, log_below = _chernoff(steps, ladder, log_wrap, -1.0, tilt)
         with np.errstate(all="ignore"):
-            tilted_edge = float(np.min((log_tilted - math.log(_TILT_WRAP)) / lam_tilted)) / step
-        hi_edge = max(hi_edge, min(tilted_edge, lo_edge + MAX_GRID_POINTS - 2))
+            tilted_hi = float(np.min((log_tilted - log_wrap) / lam_tilted)) / step
+            tilted_lo = float(np.max((log_wrap - log_below) / lam_below)) / step
+        if not (abs(tilted_lo) < _MAX_GRID_INDEX and abs(tilted_hi) < _MAX_GRID_INDEX):
+            raise _GridTooLarge(math.inf)
+        hi_edge = max(hi_edge, tilted_hi, centre / step + 1.0)
+        lo_edge = min(max(lo_edge, tilted_lo), centre / step - 1.0)
     if hi_edge - lo_edge + 1 > MAX_GRID_POINTS:
         raise _GridTooLarge((hi_edge - lo_edge + 1) / MAX_GRID_POINTS)
     k_lo, k_hi = math.floor(lo_edge), math.ceil(hi_edge)
@@ -645,7 +660,10 @@ def compose(
     # Chernoff: mass at losses ≥ (k_hi + 1)Δ and ≤ (k_lo − 1)Δ
     with np.errstate(over="ignore"):
         slack = float(np.exp(np.min(log_up - lam_up * (k_hi + 1) * step)))
-        slack += float(np.exp(np.min(log_down + lam_down * (k_lo - 1) * step)))
+        if not tilt:
+            slack += float(np.exp(np.min(log_down + lam_down * (k_lo - 1) * step)))
+        else:
+            floor = k_lo * step
     total = sum(count for _, count in steps)
     spectrum: np.ndarray | None = None
     log_finite = log_scale = 0.0
@@ -702,11 +720,11 @@ def compose(
     r_out = _exp_error(float(np.abs(finite).max(initial=0.0)) + abs(log_scale) + float(np.abs(tilted_back).max()))
     inflate = -total * math.log1p(-min(r_in, 0.5)) - math.log1p(-min(r_out, 0.5))
     if not (r_in < 0.5 and r_out < 0.5 and inflate < 1.0):  # the tilt's own round-off would swamp the answer
-        return DiscretePld(step, k_lo, composed, infinity_mass, slack, pessimistic, math.inf)
+        return DiscretePld(step, k_lo, composed, infinity_mass, slack, pessimistic, math.inf, (0.0, 0.0), floor)
     with np.errstate(over="ignore"):
         pmf = np.exp(np.minimum(log_back + inflate, 0.0))
     roundoff *= math.exp(inflate - math.log1p(-r_out))
-    return DiscretePld(step, k_lo, pmf, infinity_mass, slack, pessimistic, roundoff, (log_scale, tilt))
+    return DiscretePld(step, k_lo, pmf, infinity_mass, slack, pessimistic, roundoff, (log_scale, tilt), floor)
 
 
 def _roundoff_bound(size: int, total: int, log_m: float, weighted_norm: float, min_norm: float, mults: int) -> float:
@@ -805,13 +823,20 @@ class SubsampledGaussianPld:
         return any(pld is None for pld in self.by_direction.values())
 
     def _tilted(self, direction: str, centre: float) -> DiscretePld | None:
-        """The direction composed to resolve the losses around ``centre`` (see :func:`compose`)."""
+        """The direction composed to resolve the losses around ``centre`` (see :func:`compose`), on a coarser grid
+        if the tilted window does not fit in :data:`MAX_GRID_POINTS` points (still a valid bound)."""
         if not self.pessimistic or not math.isfinite(centre):
             return None
-        try:
-            return compose(self.steps[direction], tail_mass=self.tail_mass, centre=centre)
-        except _GridTooLarge:
-            return None
+        steps, interval = self.steps[direction], self.interval
+        for _ in range(4):
+            try:
+                return compose(steps, tail_mass=self.tail_mass, centre=centre)
+            except _GridTooLarge as too_large:
+                if not math.isfinite(too_large.factor):
+                    return None
+                interval *= 1.05 * too_large.factor
+                steps = [(self._single(p, direction, interval), p.count) for p in self.phases]
+        return None
 
     def epsilon(self, delta: float) -> float:
         """ε(δ) of the worse direction (an upper bound if pessimistic); ``inf`` if δ is below the truncated mass
