@@ -130,7 +130,7 @@ _SPLIT_SLACK = 64 * np.finfo(float).eps  # extra P-mass moved up per interval, c
 _TILT_WRAP = 1e-12  # tilted mass allowed to wrap around the window of a tilted composition (see compose)
 _MAX_GRID_INDEX = 2.0**52  # grid indices beyond this lose integer precision in float64: the PLD is vacuous there
 _MAX_COARSENINGS = 12  # attempts at fitting the FFT window by coarsening Δ before the PLD is declared vacuous
-_UNIT_ROUNDOFF = np.finfo(float).eps / 2  # u = 2^-53
+_UNIT_ROUNDOFF = 2.0**-53  # u (a Python float: overflow in the bound gives inf, not a numpy warning)
 #: relative error of one complex multiplication, √2·γ₂ (Higham 2002, Lemma 3.5; ≥ 2u, so it also covers an FMA)
 _COMPLEX_MULT = math.sqrt(2.0) * 2 * _UNIT_ROUNDOFF / (1 - 2 * _UNIT_ROUNDOFF)
 _TWIDDLE = 2 * _UNIT_ROUNDOFF  # μ: the error of a computed twiddle factor
