@@ -72,7 +72,9 @@ inputs are then exact only to a relative u, and y to a factor (1 ± u)^n, folded
 0 keeps the bound (y ≥ 0). A query weights the bins above ε by w_ℓ = 1 − e^{ε−ℓ} ∈ [0, 1], so by Cauchy–Schwarz its error is at most B·‖w‖₂, added to δ (subtracted for the optimistic bound): an error of
 B per bin would cost B times the number of bins, ‖w‖₂ costs only its square root. Where B·‖w‖₂ would weigh more
 than 0.1 % of the δ asked about (tiny δ), the composition is redone with an exponential tilt
-p_ℓ ↦ p_ℓ e^{θℓ}/E[e^{θL}] that centres the tilted distribution on the tail in question; the same bound then
+p_ℓ ↦ p_ℓ e^{θℓ}/E[e^{θL}] that centres the tilted distribution on the tail in question (on a window that holds
+the tilted distribution, valid for queries above its lowest loss, and on a coarser grid if that window would
+exceed :data:`MAX_GRID_POINTS`); the same bound then
 holds in the tilted domain and is carried back with the weights w_ℓ·E[e^{θL}]^T e^{−θℓ}, which are tiny away from
 the tail, and the relative errors of the tilt's exponentials are bounded and folded into the PMF. The smaller of
 the two upper bounds is reported.
