@@ -7,7 +7,8 @@ For each setting it prints ε at δ = 1e-5 from: the optimistic PLD on a 4× fin
 ε), the pessimistic PLD on a 4× finer grid, the default pessimistic PLD (what ``accountant="pld"`` reports, before
 the min with RDP), and RDP; then the default's excess over the finer grid, which bounds its error from above up to
 the finer grid's own (smaller) error. A second table shows settings where peers break (tiny δ, ε near 30,
-10⁶ steps, σ = 0.3, q = 1, tiny q): PLD and RDP ε and the time of one PLD evaluation.
+10⁶ steps, σ = 0.3, q = 1, tiny q): PLD and RDP ε and the time of one PLD evaluation. A third table checks
+tiny q at small δ against the exact values (issue 11) on three grids: a finer grid must not give a larger ε.
 """
 
 from __future__ import annotations
@@ -74,6 +75,23 @@ def robustness() -> None:
         print(f"{q:7g} {sigma:9.7g} {steps:8d} {delta:6.0e} {pld.interval:9.2g} {eps:12.6g} {rdp_eps:12.6g} {millis:7.1f}")
 
 
+#: (q, sigma, steps, delta, exact ε): exact values published in issue 11 (an exact inversion of the PLD's MGF)
+TINY_Q = [(1e-4, 0.5, 1, 1e-8, 0.540190), (1e-4, 0.5, 100, 1e-8, 1.941770)]
+
+
+def tiny_q() -> None:
+    print(f"\n{'q':>7} {'sigma':>5} {'steps':>5} {'delta':>6} {'exact':>9} {'default':>9} {'Δ=1e-3':>9} {'Δ=1e-4':>9} "
+          f"{'Δ=2.5e-5':>9} {'excess %':>8} {'ms':>7}")
+    for q, sigma, steps, delta, exact in TINY_Q:
+        start = time.perf_counter()
+        default = SubsampledGaussianPld([Phase(q, sigma, steps)]).epsilon(delta)
+        millis = (time.perf_counter() - start) * 1e3
+        grids = [SubsampledGaussianPld([Phase(q, sigma, steps)], interval=iv).epsilon(delta) for iv in (1e-3, 1e-4, 2.5e-5)]
+        print(f"{q:7g} {sigma:5g} {steps:5d} {delta:6.0e} {exact:9.6f} {default:9.6f} "
+              + " ".join(f"{e:9.6f}" for e in grids) + f" {100 * (default - exact) / exact:8.4f} {millis:7.1f}")
+
+
 if __name__ == "__main__":
     main()
     robustness()
+    tiny_q()

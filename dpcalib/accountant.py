@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -377,24 +378,30 @@ def accountant_from_state_dict(state: Mapping[str, Any], sampler: Sampler | str 
 class PldAccountant(Accountant):
     """Privacy-loss-distribution accountant (Koskela, Jälkö, Honkela 2020), see :mod:`dpcalib.pld`.
 
-    The discretised PLDs of the Poisson-subsampled Gaussian (connect-the-dots, Doroshenko et al. 2022; both
-    add/remove directions, Zhu, Dong, Wang 2022) are composed by FFT; the reported value is the smaller of the PLD
-    bound and the RDP bound of :class:`RdpAccountant`. Both are upper bounds of the true ε (or δ), hence so is
-    their minimum, and ``accountant="pld"`` never reports more than ``accountant="rdp"`` (RDP can be the tighter
-    one at tiny ε on a coarse grid, or below the PLD's truncated mass).
+    The discretised PLDs (connect-the-dots, Doroshenko et al. 2022) are composed by FFT with a proven round-off
+    bound; the reported value is the smaller of the PLD bound and the RDP bound of :class:`RdpAccountant`. Both
+    are upper bounds of the true ε (or δ), hence so is their minimum, and ``accountant="pld"`` never reports more
+    than ``accountant="rdp"`` (RDP can be the tighter one at tiny ε on a coarse grid, or below the PLD's
+    truncated mass). A PLD that cannot be represented (e.g. 10¹⁵ steps) answers ε = ∞ / δ = 1, so the RDP bound
+    is reported there; a PLD answer is never NaN or 0 by accident.
 
     Args:
-        neighbouring: ``"add_remove"`` (Poisson sampling), or ``"replace_one"`` for shuffled epochs and full-batch
-            Gaussians; by default the sampler's relation, or add/remove.
+        neighbouring: ``"add_remove"``: ``Gaussian`` (sensitivity C) and ``PoissonSampled(q, Gaussian)`` (Zhu,
+            Dong, Wang 2022 dominating pairs, both directions). ``"replace_one"``: ``Gaussian`` (sensitivity 2C),
+            ``ShuffledEpoch(n, batch, Gaussian)`` (one Gaussian per epoch, no amplification) and
+            ``SampledWithoutReplacement(n, batch, Gaussian)`` (fixed-size batches; the symmetric dominating PLD of
+            :func:`dpcalib.pld.without_replacement_gaussian_pld`, from Balle, Barthe, Gaboardi 2018, Thm. 10 and
+            Zhu, Dong, Wang 2022). By default the sampler's relation, or add/remove. In all, ``sigma`` is the noise
+            std divided by the clipping norm C; the relation's sensitivity is applied by
+            :meth:`Accountant.unit_sigma`.
         value_discretization_interval: the grid interval Δ of the privacy loss (nats). ``None`` (default) picks
             :func:`dpcalib.pld.default_interval`, which keeps ε within 0.5 % above the true value on DP-SGD
             settings; smaller is tighter and slower.
 
         sampler: the batch sampler this ledger records (see :class:`Accountant`).
 
-    Supported events: ``Gaussian``, ``PoissonSampled(q, Gaussian)`` under add/remove, and
-    ``ShuffledEpoch(n, batch, Gaussian)`` under replace-one (one Gaussian per epoch, at the relation's
-    sensitivity: :meth:`Accountant.unit_sigma`), in any ``Repeated``/``Composed`` nesting.
+    Any ``Repeated``/``Composed`` nesting of the supported events is accepted; others raise
+    :class:`UnsupportedEventError`.
     """
 
     name = "pld"
@@ -429,11 +436,12 @@ class PldAccountant(Accountant):
             counts: dict[Event, int] = {}
             for event, count in self.history:
                 leaf_counts(event, count, counts)
-            merged: dict[tuple[float, float], int] = {}
+            merged: dict[tuple[float, float, str], int] = {}
             for leaf, count in counts.items():
                 phase = self._phase(leaf, count)
-                merged[phase.q, phase.sigma] = merged.get((phase.q, phase.sigma), 0) + count
-            phases = [pld.Phase(q, sigma, count) for (q, sigma), count in merged.items()]
+                key = (phase.q, phase.sigma, phase.sampling)
+                merged[key] = merged.get(key, 0) + count
+            phases = [pld.Phase(q, sigma, count, sampling) for (q, sigma, sampling), count in merged.items()]
             self._distribution = pld.SubsampledGaussianPld(phases, interval=self.value_discretization_interval)
         return self._distribution
 
@@ -442,14 +450,18 @@ class PldAccountant(Accountant):
         delta = check.open_unit("delta", delta)
         if not self.history:
             return 0.0
-        return min(self.distribution().epsilon(delta), self._rdp._convert_epsilon(delta, warn=False).value)
+        bound = self.distribution().epsilon(delta)
+        rdp_bound = self._rdp._convert_epsilon(delta, warn=False).value
+        return min(bound, rdp_bound) if bound >= 0.0 else rdp_bound  # a NaN PLD answer never wins
 
     def delta(self, eps: float) -> float:
         """min(PLD δ, RDP δ) at ``eps``: an upper bound (0 if nothing was composed)."""
         eps = check.positive("eps", eps)
         if not self.history:
             return 0.0
-        return min(self.distribution().delta(eps), self._rdp.delta(eps))
+        bound = self.distribution().delta(eps) if math.isfinite(eps) else 0.0
+        rdp_bound = self._rdp.delta(eps)
+        return min(bound, rdp_bound) if bound >= 0.0 else rdp_bound
 
     def state_dict(self) -> dict[str, Any]:
         return self._state({"value_discretization_interval": self.value_discretization_interval})
@@ -461,21 +473,24 @@ class PldAccountant(Accountant):
 
     def _phase(self, leaf: Event, count: int, neighbouring: Neighbouring | None = None) -> pld.Phase:
         """The PLD phase of ``count`` runs of a leaf event, or :class:`UnsupportedEventError` if it has none under
-        ``neighbouring`` (default: the ledger's relation)."""
+        ``neighbouring`` (default: the ledger's relation). ``sigma`` of the phase is the noise per unit of
+        sensitivity (:meth:`Accountant.unit_sigma`)."""
         neighbouring = self.neighbouring if neighbouring is None else neighbouring
         if isinstance(leaf, Gaussian):
             return pld.Phase(1.0, self.unit_sigma(leaf), count)
         if isinstance(leaf, ShuffledEpoch) and isinstance(leaf.event, Gaussian):
             return pld.Phase(1.0, self.unit_sigma(leaf.event), count)  # one Gaussian per epoch, no amplification
-        if (
-            isinstance(leaf, PoissonSampled)
-            and isinstance(leaf.event, Gaussian)
-            and neighbouring is Neighbouring.ADD_REMOVE
-        ):
+        if isinstance(leaf, PoissonSampled) and isinstance(leaf.event, Gaussian) and neighbouring is Neighbouring.ADD_REMOVE:
             return pld.Phase(leaf.q, self.unit_sigma(leaf.event), count)
+        if (
+            isinstance(leaf, SampledWithoutReplacement)
+            and isinstance(leaf.event, Gaussian)
+            and neighbouring is Neighbouring.REPLACE_ONE
+        ):
+            return pld.Phase(leaf.batch / leaf.n, self.unit_sigma(leaf.event), count, "without_replacement")
         raise UnsupportedEventError(
-            f"PldAccountant supports Gaussian, PoissonSampled(q, Gaussian) under add_remove and ShuffledEpoch "
-            f"events, not {leaf!r} under {neighbouring.value}; use accountant='rdp' for sampling without replacement"
+            f"PldAccountant supports Gaussian, PoissonSampled(q, Gaussian) under add_remove, and ShuffledEpoch and "
+            f"SampledWithoutReplacement(n, batch, Gaussian) under replace_one; not {leaf!r} under {neighbouring.value}"
         )
 
 

@@ -160,7 +160,7 @@ def test_sampler_commands_calibrate_under_the_sampler(capsys):
     record = json.loads(out)
     assert status == 0 and record["steps"] % 100 == 0 and record["epochs_accounted"] == record["steps"] // 100
     status, out, _ = call(capsys, "compare", "--eps", "8", "--delta", "1e-5", *RUN, "--sampler", "fixed", "--json")
-    assert status == 0 and [row["accountant"] for row in json.loads(out)["accountants"]] == ["rdp"]  # no PLD bound
+    assert status == 0 and [row["accountant"] for row in json.loads(out)["accountants"]] == ["rdp", "pld"]  # both bound fixed-size batches
 
 
 @pytest.mark.parametrize(
