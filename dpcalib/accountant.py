@@ -68,6 +68,7 @@ class Accountant(abc.ABC):
                 "neighbouring", neighbouring, "one of " + ", ".join(repr(n.value) for n in Neighbouring)
             ) from None
         self.history: list[tuple[Event, int]] = []
+        self._runs = 0  # leaf-event runs composed so far, at most check.STEPS_MAX
 
     @abc.abstractmethod
     def compose(self, event: Event, count: int = 1) -> "Accountant":
@@ -97,7 +98,16 @@ class Accountant(abc.ABC):
     # -- shared bookkeeping ------------------------------------------------------------------------------
 
     def _record(self, event: Event, count: int) -> None:
-        """Append ``(event, count)`` to the history, merging with the last entry when the event is the same."""
+        """Append ``(event, count)`` to the history, merging with the last entry when the event is the same.
+
+        Raises :class:`InvalidArgumentError` (naming ``count``) if the total number of leaf-event runs composed
+        would exceed :data:`dpcalib.validation.STEPS_MAX`; the accountant is then left unchanged."""
+        runs = self._runs + sum(leaf_counts(event, count).values())
+        if runs > check.STEPS_MAX:
+            raise InvalidArgumentError(
+                "count", count, f"such that at most {check.STEPS_MAX} runs are composed in total ({self._runs} so far)"
+            )
+        self._runs = runs
         if self.history and self.history[-1][0] == event:
             self.history[-1] = (event, self.history[-1][1] + count)
         else:
@@ -178,7 +188,7 @@ class RdpAccountant(Accountant):
         self.refine = bool(refine)
 
     def compose(self, event: Event, count: int = 1) -> "RdpAccountant":
-        count = check.count("count", count)
+        count = check.steps("count", count)
         for leaf in leaf_counts(event):
             self._check_leaf(leaf)
         self._record(event, count)
@@ -263,7 +273,7 @@ ACCOUNTANTS: dict[str, type[Accountant]] = {"rdp": RdpAccountant}
 
 
 def _check_name(name: Any) -> type[Accountant]:
-    if name not in ACCOUNTANTS:
+    if not isinstance(name, str) or name not in ACCOUNTANTS:
         raise InvalidArgumentError("accountant", name, "one of " + ", ".join(repr(n) for n in ACCOUNTANTS))
     return ACCOUNTANTS[name]
 
@@ -326,7 +336,7 @@ class PldAccountant(Accountant):
         self._distribution: pld.SubsampledGaussianPld | None = None
 
     def compose(self, event: Event, count: int = 1) -> "PldAccountant":
-        count = check.count("count", count)
+        count = check.steps("count", count)
         for leaf in leaf_counts(event):
             _pld_phase(leaf, 1)
         self._rdp.compose(event, count)

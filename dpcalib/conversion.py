@@ -77,9 +77,7 @@ def _check_method(method: str) -> str:
 
 
 def _check_eps(eps: float) -> float:
-    if not isinstance(eps, (int, float, np.floating, np.integer)) or not (0.0 <= float(eps) < math.inf):
-        raise InvalidArgumentError("eps", eps, "a finite number >= 0")
-    return float(eps)
+    return check.non_negative("eps", eps)
 
 
 def epsilon_bounds(

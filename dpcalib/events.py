@@ -45,12 +45,13 @@ class Neighbouring(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Gaussian:
-    """The Gaussian mechanism with L2 sensitivity 1 and noise standard deviation ``sigma``."""
+    """The Gaussian mechanism with L2 sensitivity 1 and noise standard deviation ``sigma``
+    (in :data:`dpcalib.validation.SIGMA_RANGE`)."""
 
     sigma: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sigma", check.positive("sigma", self.sigma))
+        object.__setattr__(self, "sigma", check.noise_multiplier("sigma", self.sigma))
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,13 @@ class SampledWithoutReplacement:
 
 @dataclass(frozen=True)
 class Repeated:
-    """``event`` run ``count`` times (adaptive composition)."""
+    """``event`` run ``count`` times (adaptive composition); ``count`` ≤ :data:`dpcalib.validation.STEPS_MAX`."""
 
     event: "Event"
     count: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "count", check.count("count", self.count))
+        object.__setattr__(self, "count", check.steps("count", self.count))
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ Event = Union[Gaussian, PoissonSampled, SampledWithoutReplacement, Repeated, Com
 
 def dpsgd_event(*, sigma: float, q: float, steps: int) -> Event:
     """The event of ``steps`` DP-SGD steps with Poisson rate ``q`` and noise multiplier ``sigma``."""
-    return Repeated(PoissonSampled(q, Gaussian(sigma)), steps)
+    return Repeated(PoissonSampled(q, Gaussian(sigma)), check.steps("steps", steps))
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

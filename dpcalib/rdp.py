@@ -60,7 +60,10 @@ _HERMITE_NODES = 60
 
 def check_orders(orders: ArrayLike) -> NDArray[np.float64]:
     """Return ``orders`` as a 1-d float array, raising :class:`InvalidArgumentError` unless every order is finite and > 1."""
-    arr = np.atleast_1d(np.asarray(orders, dtype=np.float64))
+    raw = np.asarray(orders)
+    if raw.dtype.kind not in "iuf":  # booleans, strings, objects: not orders
+        raise InvalidArgumentError("orders", orders, "a non-empty sequence of finite numbers > 1")
+    arr = np.atleast_1d(raw.astype(np.float64))
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 1.0):
         raise InvalidArgumentError("orders", orders, "a non-empty sequence of finite numbers > 1")
     return arr
@@ -68,7 +71,7 @@ def check_orders(orders: ArrayLike) -> NDArray[np.float64]:
 
 def gaussian_rdp(sigma: float, orders: ArrayLike) -> NDArray[np.float64]:
     """RDP of the Gaussian mechanism with sensitivity 1 and noise multiplier ``sigma``: α / (2σ²) (Mironov 2017, Prop. 7)."""
-    sigma = check.positive("sigma", sigma)
+    sigma = check.noise_multiplier("sigma", sigma)
     return check_orders(orders) / (2.0 * sigma * sigma)
 
 
@@ -82,7 +85,7 @@ def poisson_gaussian_rdp(q: float, sigma: float, orders: ArrayLike) -> NDArray[n
     ``A_α - 1 = Σ_k C(α,k) q^k E[(r - 1)^k]`` (same paper, Sec. 3.2). q = 1 is the Gaussian α/(2σ²).
     """
     q = check.rate("q", q)
-    sigma = check.positive("sigma", sigma)
+    sigma = check.noise_multiplier("sigma", sigma)
     alpha = check_orders(orders)
     if q == 1.0:
         return alpha / (2.0 * sigma * sigma)
@@ -115,7 +118,7 @@ def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: A
     batch = check.count("batch", batch)
     if batch > n:
         raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
-    sigma = check.positive("sigma", sigma)
+    sigma = check.noise_multiplier("sigma", sigma)
     alpha = check_orders(orders)
     if batch == n:
         return alpha / (2.0 * sigma * sigma)

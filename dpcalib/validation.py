@@ -11,6 +11,19 @@ dpcalib's internals::
 
 Types are checked, not coerced: booleans, strings, bytes and ``None`` are refused (``q=True`` is not the rate 1,
 ``eps="2"`` is not 2); a count must be an integer or an integral float (``3.0`` is accepted as 3, ``2.5`` is not).
+Integers too large for a float (``10**400``) are out of every range, never an ``OverflowError``.
+
+The supported domain of dpcalib's accounting is stated here, once, and enforced by the events, the accountants,
+the queries, the calibrators and the command line alike:
+
+* :data:`STEPS_MAX` = 10^12 compositions: a DP-SGD run's ``steps``, a ``Repeated`` count, and the total number
+  of runs an accountant composes (:func:`steps`). It is the step calibrator's search limit, no training runs
+  that long, and it keeps every product of a count and a per-step quantity far from the limits of float
+  arithmetic (counts stay exact below 2^53 ≈ 9e15).
+* :data:`SIGMA_RANGE` = [1e-3, 1e6] for a Gaussian noise multiplier (:func:`noise_multiplier`). Below 1e-3 a
+  single unsampled step already costs ε > 10^5 at δ = 1e-5 (the mechanism protects nothing) and 1/σ² heads out of
+  the float range that the RDP and PLD arithmetic needs (σ² underflows to 0 near σ = 1e-162); 1e6 is the
+  calibrators' upper search limit, where one unsampled step costs ε ≈ 5e-6.
 """
 
 from __future__ import annotations
@@ -20,7 +33,23 @@ import numbers
 
 from .errors import InvalidArgumentError
 
-__all__ = ["real", "positive", "non_negative", "open_unit", "rate", "count"]
+__all__ = [
+    "STEPS_MAX",
+    "SIGMA_RANGE",
+    "real",
+    "positive",
+    "non_negative",
+    "open_unit",
+    "rate",
+    "count",
+    "steps",
+    "noise_multiplier",
+]
+
+#: The most compositions dpcalib accounts for (steps of a run, runs composed by one accountant in total).
+STEPS_MAX = 10**12
+#: The noise multipliers σ (noise standard deviation / L2 sensitivity) dpcalib accounts for, both ends included.
+SIGMA_RANGE = (1e-3, 1e6)
 
 
 def _as_real(value: object) -> float | None:
@@ -93,3 +122,17 @@ def count(name: str, value: object, minimum: int = 1, maximum: int | None = None
     if as_int < minimum or (maximum is not None and as_int > maximum):
         raise InvalidArgumentError(name, value, allowed)
     return as_int
+
+
+def steps(name: str, value: object) -> int:
+    """Return ``value`` as an ``int`` if it is a number of compositions in [1, :data:`STEPS_MAX`], else raise."""
+    return count(name, value, minimum=1, maximum=STEPS_MAX)
+
+
+def noise_multiplier(name: str, value: object) -> float:
+    """Return ``float(value)`` if it is a noise multiplier in :data:`SIGMA_RANGE` (both ends included), else raise."""
+    lo, hi = SIGMA_RANGE
+    x = _as_real(value)
+    if x is None or not (lo <= x <= hi):
+        raise InvalidArgumentError(name, value, f"in [{lo:g}, {hi:g}]")
+    return x
