@@ -5,13 +5,17 @@ within a budget), ``compare`` (the same question under every registered accounta
 steps). Every command takes ``--accountant``, ``--json``, and either ``--q/--steps`` or
 ``--epochs/--dataset-size/--batch-size`` (q = B/N, steps = ⌈E·N/B⌉ so that the accounting never undercounts).
 
-Bad input exits with status 2 and one line on stderr naming the argument; never a traceback.
+Bad input (anything outside the ranges of :mod:`dpcalib.validation`, an unreachable target, an unwritable
+``--plot`` file) exits with status 2 and one line on stderr naming the argument; never a traceback. Warnings
+are relayed once each, whatever the number of times the library issued them. An unexpected exception (a bug)
+exits with status 1 and one line naming it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ import click
 from . import __version__
 from .accountant import ACCOUNTANTS, make_accountant
 from .calibrate import calibrate_sigma, calibrate_steps
-from .errors import DpcalibError, InvalidArgumentError
+from .errors import DpcalibError, DpcalibWarning, InvalidArgumentError
 from .events import dpsgd_event
 from . import validation as check
 
@@ -75,6 +79,9 @@ def make_plan(
         e = check.positive("epochs", epochs)
         # E·N/B steps, in exact arithmetic on the decimal the user wrote, rounded up: never undercounting
         steps_needed = math.ceil(Fraction(repr(e)) * n / b)
+        if steps_needed > check.STEPS_MAX:
+            most = check.STEPS_MAX * b / n
+            raise InvalidArgumentError("epochs", e, f"at most {most:.6g} here (steps = ceil(E*N/B) <= {check.STEPS_MAX})")
         return Plan(q=b / n, steps=max(steps_needed, 1), epochs=e, dataset_size=n, batch_size=b)
     if q is None or (need_steps and steps is None):
         missing = "--q" if q is None else "--steps"
@@ -87,13 +94,13 @@ def make_plan(
         if steps is not None:
             raise InvalidArgumentError("steps", steps, "omitted here (this command finds the number of steps)")
         return Plan(q=rate, steps=0)
-    return Plan(q=rate, steps=check.count("steps", steps))
+    return Plan(q=rate, steps=check.steps("steps", steps))
 
 
 def _plan_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--q", type=float, help="Poisson sampling rate per step, in (0, 1]."),
-        click.option("--steps", type=int, help="number of noisy steps (integer >= 1)."),
+        click.option("--steps", type=int, help="number of noisy steps (integer in [1, 10^12])."),
         click.option("--epochs", type=float, help="alternative to --q/--steps: passes over the data (> 0)."),
         click.option("--dataset-size", type=int, help="with --epochs: number of records N (q = B/N)."),
         click.option("--batch-size", type=int, help="with --epochs: expected batch size B (steps = ceil(E*N/B))."),
@@ -179,7 +186,7 @@ def sigma(eps: float, delta: float, q, steps, epochs, dataset_size, batch_size, 
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [0.001, 1e6].")
 @click.option("--delta", type=float, required=True, help="delta, in (0, 1).")
 @_plan_options
 @_common_options
@@ -191,7 +198,7 @@ def epsilon(sigma_: float, delta: float, q, steps, epochs, dataset_size, batch_s
       dpcalib epsilon --sigma 1.0 --delta 1e-5 --q 0.01 --steps 1000
     """
     plan = make_plan(q, steps, epochs, dataset_size, batch_size)
-    s = check.positive("sigma", sigma_)
+    s = check.noise_multiplier("sigma", sigma_)
     achieved, order = _epsilon_and_order(accountant, s, plan, delta)
     _emit(
         as_json,
@@ -201,7 +208,7 @@ def epsilon(sigma_: float, delta: float, q, steps, epochs, dataset_size, batch_s
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [0.001, 1e6].")
 @click.option("--eps", type=float, required=True, help="epsilon (> 0).")
 @_plan_options
 @_common_options
@@ -213,7 +220,7 @@ def delta(sigma_: float, eps: float, q, steps, epochs, dataset_size, batch_size,
       dpcalib delta --sigma 1.0 --eps 2 --q 0.01 --steps 1000
     """
     plan = make_plan(q, steps, epochs, dataset_size, batch_size)
-    s = check.positive("sigma", sigma_)
+    s = check.noise_multiplier("sigma", sigma_)
     e = check.positive("eps", eps)
     acc = make_accountant(accountant).compose(dpsgd_event(sigma=s, q=plan.q, steps=plan.steps))
     value = acc.delta(e)
@@ -227,7 +234,7 @@ def delta(sigma_: float, eps: float, q, steps, epochs, dataset_size, batch_size,
 @cli.command(context_settings=_CONTEXT)
 @click.option("--eps", type=float, required=True, help="epsilon budget (> 0).")
 @click.option("--delta", type=float, required=True, help="delta, in (0, 1).")
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [0.001, 1e6].")
 @click.option("--q", type=float, help="Poisson sampling rate per step, in (0, 1].")
 @click.option("--dataset-size", type=int, help="alternative to --q: number of records N (q = B/N).")
 @click.option("--batch-size", type=int, help="with --dataset-size: expected batch size B.")
@@ -241,7 +248,7 @@ def steps(eps: float, delta: float, sigma_: float, q, dataset_size, batch_size, 
       dpcalib steps --eps 2 --delta 1e-5 --sigma 1.0 --dataset-size 60000 --batch-size 600
     """
     plan = make_plan(q, None, None, dataset_size, batch_size, need_steps=False)
-    s = check.positive("sigma", sigma_)
+    s = check.noise_multiplier("sigma", sigma_)
     count = calibrate_steps(eps=eps, delta=delta, sigma=s, q=plan.q, accountant=accountant)
     found = Plan(plan.q, count, None if plan.dataset_size is None else count * plan.q, plan.dataset_size, plan.batch_size)
     achieved, order = _epsilon_and_order(accountant, s, found, delta)
@@ -298,6 +305,10 @@ def compare(eps: float, delta: float, q, steps, epochs, dataset_size, batch_size
     _emit(as_json, record, "\n".join(lines))
 
 
+#: the most points `curve` computes: each costs one composition per accountant (a PLD one takes up to about a second)
+_POINTS_MAX = 50
+
+
 def _step_grid(total: int, points: int) -> list[int]:
     """About ``points`` step counts from 1 to ``total``, evenly spaced on a log scale, always ending at ``total``."""
     grid = {max(1, round(total ** (i / max(points - 1, 1)))) for i in range(points)}
@@ -306,11 +317,11 @@ def _step_grid(total: int, points: int) -> list[int]:
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [0.001, 1e6].")
 @click.option("--q", type=float, required=True, help="Poisson sampling rate per step, in (0, 1].")
-@click.option("--steps", type=int, required=True, help="the longest run to show (integer >= 1).")
+@click.option("--steps", type=int, required=True, help="the longest run to show (integer in [1, 10^12]).")
 @click.option("--delta", type=float, default=1e-5, show_default=True, help="delta, in (0, 1).")
-@click.option("--points", type=int, default=20, show_default=True, help="number of step counts (log-spaced, >= 2).")
+@click.option("--points", type=int, default=20, show_default=True, help=f"number of step counts (log-spaced, 2 to {_POINTS_MAX}).")
 @click.option("--csv", "as_csv", is_flag=True, help="print CSV (steps, then one column per accountant).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="also save a plot (needs matplotlib: extra 'plot').")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text.")
@@ -322,9 +333,11 @@ def curve(sigma_: float, q: float, steps: int, delta: float, points: int, as_csv
       dpcalib curve --sigma 1 --q 0.01 --steps 10000
       dpcalib curve --sigma 1 --q 0.01 --steps 10000 --csv --plot curve.png
     """
-    s = check.positive("sigma", sigma_)
+    s = check.noise_multiplier("sigma", sigma_)
     plan = make_plan(q, steps, None, None, None)
-    n_points = check.count("points", points, minimum=2)
+    n_points = check.count("points", points, minimum=2, maximum=_POINTS_MAX)
+    if plot_file is not None:
+        _check_writable("--plot", plot_file)
     grid = _step_grid(plan.steps, n_points)
     names = list(ACCOUNTANTS)
     table = {n: [_epsilon_and_order(n, s, Plan(plan.q, t), delta)[0] for t in grid] for n in names}
@@ -341,6 +354,13 @@ def curve(sigma_: float, q: float, steps: int, delta: float, points: int, as_csv
         click.echo(f"{'steps':>10}" + "".join(f"{n:>12}" for n in names))
         for i, t in enumerate(grid):
             click.echo(f"{t:>10}" + "".join(f"{table[n][i]:>12.5g}" for n in names))
+
+
+def _check_writable(option: str, path: str) -> None:
+    """Refuse, before any computation, a file path whose directory does not exist or cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{path!r} is not in an existing, writable directory.", param_hint=f"'{option}'")
 
 
 def _plot(path: str, grid: list[int], table: dict[str, list[float]], sigma: float, q: float, delta: float) -> None:
@@ -361,12 +381,21 @@ def _plot(path: str, grid: list[int], table: dict[str, list[float]], sigma: floa
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as err:  # e.g. the directory vanished, the disk is full, an unknown extension
+        raise click.BadParameter(f"cannot save the plot to {path!r}: {err}", param_hint="'--plot'") from None
+    finally:
+        plt.close(fig)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit status: 0, or 2 after one line on stderr for bad input."""
+    """Run the CLI and return its exit status.
+
+    0 on success, after relaying each distinct :class:`~dpcalib.errors.DpcalibWarning` once (numerical warnings of
+    numpy inside the library are not the user's concern and are dropped); 2 after one line on stderr for bad input
+    or an unreachable target; 1 after one line for an unexpected exception (a bug in dpcalib). Never a traceback,
+    and a failure prints nothing but its one line."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -377,15 +406,17 @@ def run(argv: Sequence[str] | None = None) -> int:
             return _fail("aborted")
         except DpcalibError as err:
             return _fail(str(err))
-        finally:
-            for w in caught:
-                click.echo(f"dpcalib: warning: {w.message}", err=True)
+        except Exception as err:  # noqa: BLE001 -- the last resort: one line, not a traceback
+            return _fail(f"internal error ({type(err).__name__}: {err}); please report this command line", status=1)
+    relayed = (str(w.message) for w in caught if issubclass(w.category, DpcalibWarning))
+    for message in dict.fromkeys(relayed):
+        click.echo("dpcalib: warning: " + " ".join(message.split()), err=True)
     return status if isinstance(status, int) else 0
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 2) -> int:
     click.echo("dpcalib: error: " + " ".join(message.split()), err=True)
-    return 2
+    return status
 
 
 def main() -> None:
