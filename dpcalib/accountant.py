@@ -185,6 +185,8 @@ class RdpAccountant(Accountant):
         if conversion not in METHODS:
             raise InvalidArgumentError("conversion", conversion, "one of " + ", ".join(repr(m) for m in METHODS))
         self.conversion = conversion
+        if not isinstance(refine, (bool, np.bool_)):
+            raise InvalidArgumentError("refine", refine, "True or False")
         self.refine = bool(refine)
 
     def compose(self, event: Event, count: int = 1) -> "RdpAccountant":

@@ -54,8 +54,8 @@ class Plan:
 
 
 def _rate_from(dataset_size: int | None, batch_size: int | None) -> tuple[int, int]:
-    n = check.count("dataset-size", dataset_size)
-    b = check.count("batch-size", batch_size)
+    n = check.size("dataset-size", dataset_size)
+    b = check.size("batch-size", batch_size)
     if b > n:
         raise InvalidArgumentError("batch-size", b, f"an integer in [1, dataset-size={n}]")
     return n, b

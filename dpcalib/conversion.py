@@ -119,10 +119,19 @@ def log_delta_bounds(
     return np.minimum(np.minimum(bound, kl), 0.0)
 
 
+def _check_rdp(rdp: ArrayLike, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``rdp`` as a float array of one value ≥ 0 (or +∞) per order, else :class:`InvalidArgumentError`."""
+    raw = np.asarray(rdp)
+    values = np.atleast_1d(raw.astype(np.float64)) if raw.dtype.kind in "iuf" else None
+    if values is None or values.shape != alpha.shape or np.any(np.isnan(values)) or np.any(values < 0.0):
+        raise InvalidArgumentError("rdp", rdp, f"{alpha.size} numbers >= 0, one per order")
+    return values
+
+
 def rdp_to_epsilon(orders: ArrayLike, rdp: ArrayLike, delta: float, method: str = "improved") -> tuple[float, float]:
     """The smallest ε(δ) over the given (order, RDP) pairs, and the order attaining it (no refinement)."""
     alpha = check_orders(orders)
-    values = epsilon_bounds(alpha, rdp, delta, method)
+    values = epsilon_bounds(alpha, _check_rdp(rdp, alpha), delta, method)
     i = int(np.argmin(values))
     return float(values[i]), float(alpha[i])
 
@@ -130,7 +139,7 @@ def rdp_to_epsilon(orders: ArrayLike, rdp: ArrayLike, delta: float, method: str 
 def rdp_to_delta(orders: ArrayLike, rdp: ArrayLike, eps: float, method: str = "improved") -> tuple[float, float]:
     """The smallest δ(ε) over the given (order, RDP) pairs, and the order attaining it (no refinement)."""
     alpha = check_orders(orders)
-    values = log_delta_bounds(alpha, rdp, eps, method)
+    values = log_delta_bounds(alpha, _check_rdp(rdp, alpha), eps, method)
     i = int(np.argmin(values))
     return float(math.exp(values[i])), float(alpha[i])
 

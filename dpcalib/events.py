@@ -74,8 +74,8 @@ class SampledWithoutReplacement:
     event: "Event"
 
     def __post_init__(self) -> None:
-        n = check.count("n", self.n)
-        batch = check.count("batch", self.batch)
+        n = check.size("n", self.n)
+        batch = check.size("batch", self.batch)
         if batch > n:
             raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
         object.__setattr__(self, "n", n)

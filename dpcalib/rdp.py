@@ -114,8 +114,8 @@ def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: A
     Fractional orders: the cumulant generating function (α - 1)ε(α) is convex, so linear interpolation of the
     bounds at ⌊α⌋ and ⌈α⌉ is an upper bound (same paper, Corollary 10; (α - 1)ε(α) = 0 at α = 1).
     """
-    n = check.count("n", n)
-    batch = check.count("batch", batch)
+    n = check.size("n", n)
+    batch = check.size("batch", batch)
     if batch > n:
         raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
     sigma = check.noise_multiplier("sigma", sigma)

@@ -24,6 +24,8 @@ the queries, the calibrators and the command line alike:
   single unsampled step already costs ε > 10^5 at δ = 1e-5 (the mechanism protects nothing) and 1/σ² heads out of
   the float range that the RDP and PLD arithmetic needs (σ² underflows to 0 near σ = 1e-162); 1e6 is the
   calibrators' upper search limit, where one unsampled step costs ε ≈ 5e-6.
+* :data:`SIZE_MAX` = 2^53 records for a dataset or batch size (:func:`size`): every such count, and the
+  ratio of two of them, is exact in float arithmetic.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ __all__ = [
     "rate",
     "count",
     "steps",
+    "size",
     "noise_multiplier",
+    "SIZE_MAX",
 ]
 
 #: The most compositions dpcalib accounts for (steps of a run, runs composed by one accountant in total).
 STEPS_MAX = 10**12
 #: The noise multipliers σ (noise standard deviation / L2 sensitivity) dpcalib accounts for, both ends included.
 SIGMA_RANGE = (1e-3, 1e6)
+#: The largest dataset or batch size dpcalib accounts for (2^53: exact as a float).
+SIZE_MAX = 2**53
 
 
 def _as_real(value: object) -> float | None:
@@ -127,6 +133,11 @@ def count(name: str, value: object, minimum: int = 1, maximum: int | None = None
 def steps(name: str, value: object) -> int:
     """Return ``value`` as an ``int`` if it is a number of compositions in [1, :data:`STEPS_MAX`], else raise."""
     return count(name, value, minimum=1, maximum=STEPS_MAX)
+
+
+def size(name: str, value: object) -> int:
+    """Return ``value`` as an ``int`` if it is a number of records in [1, :data:`SIZE_MAX`], else raise."""
+    return count(name, value, minimum=1, maximum=SIZE_MAX)
 
 
 def noise_multiplier(name: str, value: object) -> float:
