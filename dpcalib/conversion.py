@@ -59,6 +59,7 @@ _ZOOM_POINTS = 24
 _ZOOM_RTOL = 1e-6
 _ZOOM_MAX_ROUNDS = 40
 _MAX_INTEGER_BATCH = 16
+_SMALLEST_POSITIVE = float(np.finfo(np.float64).smallest_subnormal)
 
 
 class Conversion(NamedTuple):
@@ -141,7 +142,12 @@ def rdp_to_delta(orders: ArrayLike, rdp: ArrayLike, eps: float, method: str = "i
     alpha = check_orders(orders)
     values = log_delta_bounds(alpha, _check_rdp(rdp, alpha), eps, method)
     i = int(np.argmin(values))
-    return float(math.exp(values[i])), float(alpha[i])
+    return _delta_of(float(values[i])), float(alpha[i])
+
+
+def _delta_of(log_delta: float) -> float:
+    """δ from log δ, rounded up: a δ > 0 below the smallest double is that double, not 0 (log δ = −∞ gives 0)."""
+    return 0.0 if log_delta == -math.inf else max(math.exp(log_delta), _SMALLEST_POSITIVE)
 
 
 def optimise_epsilon(
@@ -175,7 +181,7 @@ def optimise_delta(
     eps = _check_eps(eps)
     _check_method(method)
     result = _minimise(curve, lambda a, r, kl: log_delta_bounds(a, r, eps, method, kl), orders, refine)
-    converted = Conversion(float(math.exp(result.value)), result.order, result.at_edge)
+    converted = Conversion(_delta_of(result.value), result.order, result.at_edge)
     if warn and converted.at_edge and converted.value > 0.0:
         _warn_edge(converted)
     return converted

@@ -56,6 +56,7 @@ _MOMENT_MAX_S = 0.05
 _MOMENT_MAX_AQS = 0.1
 _MOMENT_TERMS = 24
 _HERMITE_NODES = 60
+_SMALLEST_POSITIVE = float(np.finfo(np.float64).smallest_subnormal)
 
 
 def check_orders(orders: ArrayLike) -> NDArray[np.float64]:
@@ -102,7 +103,9 @@ def poisson_gaussian_rdp(q: float, sigma: float, orders: ArrayLike) -> NDArray[n
             log_am1[moment] = _log_a_minus_1_moments(q, sigma, alpha[moment])
         if series.any():
             log_am1[series] = _log_a_minus_1_frac(q, sigma, alpha[series])
-    return np.logaddexp(0.0, log_am1) / (alpha - 1.0)
+    # a true RDP > 0 below the smallest double (q = 1e-181, σ = 1e6) rounds up to it, never down to 0: a curve of 0
+    # would let the conversion certify ε = 0 (the KL rule) where the true δ(0) is 3e-188
+    return np.maximum(np.logaddexp(0.0, log_am1) / (alpha - 1.0), _SMALLEST_POSITIVE)
 
 
 def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: ArrayLike) -> NDArray[np.float64]:
@@ -132,7 +135,7 @@ def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: A
     cgf_lo = np.array([cgf[a] for a in lo.tolist()])
     cgf_hi = np.array([cgf[a] for a in hi.tolist()])
     t = alpha - lo
-    return ((1.0 - t) * cgf_lo + t * cgf_hi) / (alpha - 1.0)
+    return np.maximum(((1.0 - t) * cgf_lo + t * cgf_hi) / (alpha - 1.0), _SMALLEST_POSITIVE)  # rounded up, as above
 
 
 # --------------------------------------------------------------------------------------------------- helpers
