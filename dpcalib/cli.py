@@ -128,10 +128,23 @@ def _epsilon_and_order(accountant: str, sigma: float, plan: Plan, delta: float) 
 
 
 def _emit(as_json: bool, record: dict[str, Any], text: str) -> None:
+    _check_finite(record)
     if as_json:
         click.echo(json.dumps(record))
     else:
         click.echo(text)
+
+
+def _check_finite(value: Any) -> None:
+    """Raise ArithmeticError (a bug: exit status 1) if a number to be printed is nan or ±inf."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ArithmeticError(f"a result is {value}")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_finite(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_finite(item)
 
 
 def _record(accountant: str, plan: Plan, **fields: Any) -> dict[str, Any]:
@@ -341,6 +354,7 @@ def curve(sigma_: float, q: float, steps: int, delta: float, points: int, as_csv
     grid = _step_grid(plan.steps, n_points)
     names = list(ACCOUNTANTS)
     table = {n: [_epsilon_and_order(n, s, Plan(plan.q, t), delta)[0] for t in grid] for n in names}
+    _check_finite(table)
     if plot_file is not None:
         _plot(plot_file, grid, table, s, plan.q, delta)
     if as_json:

@@ -206,3 +206,14 @@ def test_cli_internal_errors_are_one_line_with_status_1(monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert status == 1 and out == ""
     assert err.splitlines() == ["dpcalib: error: internal error (ZeroDivisionError: float division by zero); please report this command line"]
+
+
+def test_cli_never_prints_a_non_finite_number(monkeypatch, capsys):
+    from dpcalib import cli
+
+    monkeypatch.setattr(cli, "_epsilon_and_order", lambda *args: (float("inf"), None))
+    for argv in (["epsilon", "--sigma", "1", "--delta", "1e-5", "--q", "0.01", "--steps", "10", "--json"],
+                 ["curve", "--sigma", "1", "--q", "0.01", "--steps", "10", "--points", "2", "--csv"]):
+        status = cli.run(argv)
+        out, err = capsys.readouterr()
+        assert status == 1 and out == "" and err.count("\n") == 1 and "a result is inf" in err
