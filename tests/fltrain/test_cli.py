@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fltrain.cli import main
-from fltrain.config import RunConfig
+from fltrain.config import ClientDP, RunConfig, SampleDP
 
 SMALL = ["--train-samples", "1200", "--test-samples", "200", "--clients", "2", "--rounds", "1", "--local-steps", "2",
          "--batch-size", "30"]
@@ -17,17 +17,23 @@ SMALL = ["--train-samples", "1200", "--test-samples", "200", "--clients", "2", "
 def test_help_lists_every_option_with_a_default(capsys):
     assert main(["run", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for field in dataclasses.fields(RunConfig):
-        assert "--" + field.name.replace("_", "-") in text
-    assert text.count("[default:") >= len(dataclasses.fields(RunConfig)) + 2  # + --config, --resume
+    general = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("sample", "client")]
+    privacy = {f.name for f in dataclasses.fields(SampleDP)} | {f.name for f in dataclasses.fields(ClientDP)}
+    privacy = (privacy - {"sampling"}) | {"client_sampling"}
+    for name in [*general, *privacy]:
+        assert "--" + name.replace("_", "-") in text
+    assert text.count("[default:") >= len(general) + len(privacy) + 2  # + --config, --resume
 
 
 @pytest.mark.parametrize(
     "args,fragment",
-    [(["--clip", "-1"], "clip=-1.0"), (["--dataset", "imagenet"], "imagenet"), (["--delta", "2"], "delta"),
+    [(["--clip", "-1"], "sample.clip=-1.0"), (["--dp", "client", "--clip", "-1"], "client.clip=-1.0"),
+     (["--dataset", "imagenet"], "imagenet"), (["--delta", "2"], "sample.delta"),
      (["--dp", "client", "--expected-clients", "50"], "expected_clients"),
-     (["--dp", "client", "--adaptive-clip", "--eps", "0.5", "--count-noise-std", "0.01"], "count_noise_std"),
-     (["--dp", "client", "--server-opt", "adam", "--server-momentum", "0.9"], "server_momentum"),
+     (["--dp", "client", "--clients", "30"], "client.delta"),
+     (["--dp", "none", "--clip", "0.3"], "--clip"), (["--dp", "sample", "--adaptive-clip"], "client.adaptive_clip"),
+     (["--dp", "client", "--clients", "1000", "--server-opt", "adam", "--server-momentum", "0.9"],
+      "server_momentum"),
      (["--secure-agg", "--clients", "1"], "at least 2 clients"), (["--bogus", "1"], "bogus"),
      (["--client-fraction", "1.5"], "client_fraction"), (["--rounds", "x"], "x")],
 )
@@ -40,12 +46,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
     assert not out.exists() and not (tmp_path / "data").exists()
 
 
-def test_batch_larger_than_a_client_is_refused(data_root, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "args,fragment",
+    [(["--train-samples", "100", "--clients", "4", "--batch-size", "30", "--dp", "sample"], "batch_size=30"),
+     (["--dp", "client", "--clients", "1000", "--train-samples", "2000", "--adaptive-clip", "--eps", "0.5",
+       "--count-noise-std", "0.01"], "count_noise_std")],
+)
+def test_input_refused_once_the_data_is_known_writes_nothing(data_root, tmp_path, capsys, args, fragment):
     out = tmp_path / "out"
-    code = main(["run", "--out", str(out), "--data-dir", str(data_root), "--train-samples", "100", "--clients", "4",
-                 "--batch-size", "30", "--dp", "sample"])
+    code = main(["run", "--out", str(out), "--data-dir", str(data_root), *args])
     err = capsys.readouterr().err
-    assert code == 2 and "batch_size=30" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
