@@ -75,3 +75,28 @@ def test_toml_config_and_command_line_override(data_root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "differs in: lr" in err and len(err.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_cli_warns_in_one_line_when_client_delta_is_at_least_one_over_clients(data_root, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["run", "--dp", "client", "--dataset", "mnist", "--train-samples", "300", "--test-samples", "100",
+                 "--clients", "10", "--expected-clients", "5", "--rounds", "1", "--local-steps", "1", "--batch-size",
+                 "5", "--delta", "0.2", "--eps", "8", "--model", "logreg", "--data-dir", str(data_root),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert warning == [warning[0]] and warning[0].startswith("fltrain: warning: delta=0.2 >= 1/clients")
+    assert json.loads((out / "metrics.jsonl").read_text())["delta"] == 0.2
+
+
+def test_old_flat_config_files_keep_working(data_root, tmp_path, capsys):
+    toml = tmp_path / "old.toml"
+    toml.write_text(f'dp = "client"\nclients = 10\nexpected-clients = 5\nclip = 0.3\ndelta = 1e-3\n'
+                    f'data-dir = "{data_root}"\nmodel = "logreg"\n')
+    out = tmp_path / "o"
+    assert main(["run", "--config", str(toml), "--out", str(out), "--train-samples", "300", "--test-samples", "100",
+                 "--rounds", "1", "--local-steps", "1", "--batch-size", "5", "--eps", "8"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "metrics.jsonl").read_text())
+    assert saved["clip"] == 0.3 and saved["delta"] == 1e-3 and summary["privacy"]["plan"]["eps"] == 8.0
