@@ -203,24 +203,35 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, 
     click.echo(f"fltrain: warning: {message}", err=True)
 
 
+def _fail(message: str, status: int = 2) -> int:
+    click.echo("fltrain: error: " + " ".join(str(message).split()), err=True)  # always one line
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the CLI; bad input → one line on stderr and exit status 2."""
+    """Entry point: runs the CLI; bad input → one line on stderr and exit status 2; an exception fltrain did not
+    raise on purpose (a bug) → one line and exit status 1; never a traceback."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             result = cli.main(args=argv, prog_name="fltrain", standalone_mode=False)
     except click.exceptions.ClickException as error:
-        click.echo(f"fltrain: error: {error.format_message()}", err=True)
-        return 2
+        return _fail(error.format_message())
     except (DpcalibError, ConfigError, DataUnavailableError) as error:
-        click.echo(f"fltrain: error: {error}", err=True)
-        return 2
-    except click.exceptions.Abort:
+        return _fail(str(error))
+    except OSError as error:  # the disk: a full file system, a directory made read-only under the run
+        where = f" ({error.filename})" if error.filename else ""
+        return _fail(f"{error.strerror or error}{where}")
+    except click.exceptions.Abort as error:
+        if isinstance(error.__context__, EOFError):  # click turns an EOFError into Abort: not the user's Ctrl-C
+            return _fail(f"internal error (EOFError: {error.__context__}); please report this command line", status=1)
         click.echo("fltrain: interrupted; continue with --resume", err=True)
         return 130
     except KeyboardInterrupt:
         click.echo("fltrain: interrupted; continue with --resume", err=True)
         return 130
+    except Exception as error:  # noqa: BLE001 -- the last resort: one line, not a traceback
+        return _fail(f"internal error ({type(error).__name__}: {error}); please report this command line", status=1)
     return int(result) if isinstance(result, int) else 0
 
 

@@ -93,6 +93,31 @@ def _in_unit(name: str, value: float, *, closed_low: bool, closed_high: bool) ->
     return x
 
 
+#: the largest learning rate accepted (local and server): far above any that trains, and far below the float32
+#: range that a step ``lr × velocity`` must stay in (``--lr 1e300`` overflowed it in round 1)
+LR_MAX = 1e3
+
+
+def _learning_rate(name: str, value: Any) -> float:
+    x = check.positive(name, value)
+    if x > LR_MAX:
+        raise InvalidArgumentError(name, value, f"in (0, {LR_MAX:g}]")
+    return x
+
+
+def _canonical_numbers(obj: Any) -> None:
+    """Store each validated number as its declared type: TOML's ``rounds = 2.0`` is the count 2 (``range`` would
+    fail on it mid-run), ``lr = 1`` the float 1.0. Called after validation, which refused bools and strings."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None or isinstance(value, bool):
+            continue
+        if f.type in ("int", "int | None"):
+            object.__setattr__(obj, f.name, int(value))
+        elif f.type in ("float", "float | None"):
+            object.__setattr__(obj, f.name, float(value))
+
+
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InvalidArgumentError(name, value, "true or false")
@@ -133,6 +158,7 @@ class SampleDP:
         _choice("sample.accountant", self.accountant, ACCOUNTANTS)
         if self.q is not None:
             check.rate("sample.q", self.q)
+        _canonical_numbers(self)
 
 
 @dataclass(frozen=True)
@@ -184,6 +210,7 @@ class ClientDP:
             check.positive("client.count_noise_std", self.count_noise_std)
         if self.min_survivors is not None:
             check.count("client.min_survivors", self.min_survivors, minimum=2)
+        _canonical_numbers(self)
 
 
 _SECTIONS: dict[str, type] = {"sample": SampleDP, "client": ClientDP}
@@ -296,11 +323,11 @@ class RunConfig:
         check.positive("alpha", self.alpha)
         check.rate("client_fraction", self.client_fraction)
         check.count("rounds", self.rounds)
-        check.positive("server_lr", self.server_lr)
+        _learning_rate("server_lr", self.server_lr)
         _in_unit("server_momentum", self.server_momentum, closed_low=True, closed_high=False)
         check.count("local_steps", self.local_steps)
         check.count("batch_size", self.batch_size)
-        check.positive("lr", self.lr)
+        _learning_rate("lr", self.lr)
         _in_unit("lr_decay", self.lr_decay, closed_low=False, closed_high=True)
         _in_unit("momentum", self.momentum, closed_low=True, closed_high=False)
         check.count("seed", self.seed, minimum=0)
@@ -320,6 +347,7 @@ class RunConfig:
                               f"{self.cohort_size}")
         if self.dp == "client":
             self._check_client_level()
+        _canonical_numbers(self)
 
     def _check_client_level(self) -> None:
         c = self.client
@@ -452,8 +480,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             table = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror or error}") from None
     for key, value in table.items():
         if isinstance(value, dict) and str(key).replace("-", "_") not in _SECTIONS:
             raise ConfigError(f"config file {str(path)!r}: key {key!r} is a table; only [sample] and [client] are")

@@ -20,7 +20,16 @@ runs its rounds. Files in the output directory:
   ``insecure_reproducible_noise``, the generator state. It holds nothing from which the DP noise could be
   regenerated: the secret source's key never leaves memory;
 - ``summary.json`` (public): written at the end: accuracy, ε, δ, σ, the mode's description (guarantee and
-  neighbouring relation, plan, noise source), timings.
+  neighbouring relation, plan, noise source), timings;
+- ``.fltrain.lock``: held (``flock``, exclusive) while a run writes the directory, so that two runs started on one
+  ``--out`` cannot both write it: the second is refused.
+
+**The output directory.** ``--out`` must name a new directory, an empty one, or (with ``--resume``) one holding a
+run; a file, an empty name or a directory holding other files is refused. The directory is created only once
+everything else has been checked, and a checkpoint of round 0 is written before round 1 begins, so a run stopped
+at any point (even in round 1, after its metrics line) can be continued with ``--resume``. A damaged checkpoint
+(truncated, empty, not a checkpoint, a key missing), ledger or metrics file is reported in one line naming the file;
+a metrics line cut short by a crash is dropped on resume.
 
 **The ledger is never under-counted.** With secret noise, a round interrupted after its noise was drawn may
 already have released something (its metrics line); resuming from the previous checkpoint re-runs that round with
@@ -37,6 +46,7 @@ before the first byte is written.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -48,6 +58,8 @@ import torch
 from torch.func import functional_call
 
 from .client import LocalTrainer, LocalTraining
+from dpcalib.errors import DpcalibError
+
 from .config import ConfigError, RunConfig
 from .data import load_dataset, partition, split_validation
 from .dpsgd import make_engine
@@ -56,13 +68,18 @@ from .models import ParamLayout, build_model
 from .privacy import PrivacyLedger, PrivacyMode, build_mode
 from .serveropt import make_server_optimizer
 
-__all__ = ["Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "PRIVATE", "LEDGER", "SUMMARY"]
+__all__ = [
+    "Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "PRIVATE", "LEDGER", "SUMMARY", "LOCK",
+]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 PRIVATE = "private-diagnostics.jsonl"
 LEDGER = "ledger.json"
 SUMMARY = "summary.json"
+LOCK = ".fltrain.lock"
+_RUN_FILES = (CHECKPOINT, METRICS, PRIVATE, LEDGER, SUMMARY)
+_CHECKPOINT_KEYS = ("config", "round", "elapsed", "cpu_elapsed", "server", "mode")
 
 
 class Progress:
@@ -108,8 +125,25 @@ def evaluate(model: torch.nn.Module, layout: ParamLayout, params: torch.Tensor, 
     return correct / max(1, len(y))
 
 
+def _damaged(path: Path, problem: str) -> ConfigError:
+    return ConfigError(
+        f"{str(path)!r} is damaged ({problem}); the run in {str(path.parent)!r} cannot be resumed from it: "
+        "restore the file from a backup, or start a new run with another --out"
+    )
+
+
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint at ``path``, or a one-line :class:`ConfigError` naming it if it is not a whole checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # empty, truncated or foreign files fail in many ways (EOFError, RuntimeError, ...)
+        raise _damaged(path, f"{type(error).__name__}: {error}") from None
+    if not isinstance(state, dict):
+        raise _damaged(path, f"it holds a {type(state).__name__}, not a checkpoint")
+    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise _damaged(path, "missing " + ", ".join(repr(key) for key in missing))
+    return state
 
 
 def _replace_synced(path: Path, write: Any) -> None:
@@ -130,12 +164,21 @@ def _save_ledger(path: Path, ledger: PrivacyLedger) -> None:
 
 
 def _check_out_dir(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any] | None:
+    """Refuse an output directory the run may not write (see the module docstring); with ``resume``, the
+    checkpoint to continue from (its config checked against ``cfg``). Reads only."""
+    if not cfg.out.strip():
+        raise ConfigError("--out is empty; name the run's output directory")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
     checkpoint = out / CHECKPOINT
     if resume:
         if not checkpoint.exists():
             raise ConfigError(f"--resume: no checkpoint {CHECKPOINT!r} in {str(out)!r} to resume from")
         state = _load_checkpoint(checkpoint)
-        saved = RunConfig.from_dict(state["config"])
+        try:
+            saved = RunConfig.from_dict(state["config"])
+        except (ConfigError, DpcalibError, TypeError) as error:
+            raise _damaged(checkpoint, f"its config: {error}") from None
         changed = saved.differences(cfg)
         if changed:
             raise ConfigError(
@@ -143,18 +186,74 @@ def _check_out_dir(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any] | 
                 f"(differs in: {', '.join(changed)}); nothing was changed"
             )
         return state
-    if checkpoint.exists() or (out / METRICS).exists():
+    if any((out / name).exists() for name in _RUN_FILES):
         raise ConfigError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
+    if out.is_dir() and any(entry.name != LOCK for entry in out.iterdir()):
+        raise ConfigError(f"--out {str(out)!r} is a non-empty directory holding no fltrain run; choose a new or "
+                          "empty directory")
     return None
 
 
+def _lock(out: Path) -> int:
+    """Hold ``out/.fltrain.lock`` exclusively (released when the descriptor is closed, or the process ends)."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another fltrain run is writing {str(out)!r}; wait for it to end or choose another --out")
+    return fd
+
+
+def _open_out_dir(cfg: RunConfig, out: Path, resume: bool) -> tuple[int, dict[str, Any] | None]:
+    """Create ``out`` if needed, lock it and check it again under the lock (another run may have started since
+    the first check); a directory created here is removed again if the check fails."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = _lock(out)
+    except OSError as error:
+        raise ConfigError(f"--out {str(out)!r} cannot be created or locked: {error.strerror or error}") from None
+    try:
+        return fd, _check_out_dir(cfg, out, resume)
+    except BaseException:
+        os.close(fd)
+        if created:
+            (out / LOCK).unlink(missing_ok=True)
+            out.rmdir()
+        raise
+
+
+def _round_of(line: str) -> int | None:
+    """The round of a JSONL line, or None if it is not a whole record."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    round_index = row.get("round") if isinstance(row, dict) else None
+    return round_index if isinstance(round_index, int) and not isinstance(round_index, bool) else None
+
+
 def _rewrite_lines(path: Path, upto_round: int) -> None:
-    """Keep the JSONL lines of rounds ≤ ``upto_round`` (a crash may have left a line past the checkpoint)."""
+    """Keep the JSONL lines of rounds ≤ ``upto_round`` (a crash may have left a line past the checkpoint, or the
+    start of one: a last line that is not a whole record is dropped; a damaged line before it is refused)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["round"] <= upto_round]
-    if len(kept) != len(lines):
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise _damaged(path, str(error)) from None
+    rounds = [_round_of(line) for line in lines]
+    if rounds and rounds[-1] is None:  # the start of a line that a crash cut short
+        lines, rounds = lines[:-1], rounds[:-1]
+        changed = True
+    else:
+        changed = False
+    for number, round_index in enumerate(rounds, 1):
+        if round_index is None:
+            raise _damaged(path, f"line {number} is not a JSON record with a 'round'")
+    kept = [line for line, round_index in zip(lines, rounds) if round_index <= upto_round]
+    if changed or len(kept) != len(lines):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
@@ -166,9 +265,36 @@ def _restore(mode: PrivacyMode, state: dict[str, Any], out: Path) -> None:
     mode.load_state_dict(state["mode"])
     journal = out / LEDGER
     if mode.ledger is not None and mode.rng.secure and journal.exists():
-        charged = PrivacyLedger.from_state_dict(mode.ledger.plan, json.loads(journal.read_text()))
+        try:
+            charged = PrivacyLedger.from_state_dict(mode.ledger.plan, json.loads(journal.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError, DpcalibError) as error:  # JSONDecodeError is a ValueError
+            raise _damaged(journal, f"{type(error).__name__}: {error}") from None
         if charged.rounds > mode.ledger.rounds:
             mode.ledger = charged
+
+
+def _checkpoint(cfg: RunConfig, round_index: int, elapsed: float, cpu_elapsed: float, server: FedAvgServer,
+                mode: PrivacyMode) -> dict[str, Any]:
+    return {"config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed,
+            "server": server.state_dict(), "mode": mode.state_dict()}
+
+
+def _check_secure_range(summer: Any, mode: PrivacyMode, cfg: RunConfig) -> None:
+    """Refuse, before anything is written, a client-level clip whose noisy messages the fixed-point encoding of
+    secure aggregation cannot hold (it failed in round 1 naming ``frac_bits``, a setting the user never set)."""
+    from .secagg.encoding import FixedPoint
+
+    bound = mode.secure_sum_range()
+    if bound is None:
+        return
+    try:
+        FixedPoint(bound, summer.frac_bits, max(2, round(cfg.clients_per_round)))
+    except DpcalibError:
+        raise ConfigError(
+            f"client.clip={cfg.client.clip:g} is too large for secure aggregation: a message coordinate (clip plus "
+            f"noise share, up to {bound:.3g}) summed over {round(cfg.clients_per_round)} clients at resolution "
+            f"2^-{summer.frac_bits} does not fit in 64 bits; use a smaller --clip"
+        ) from None
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
@@ -180,7 +306,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     """Carry out (or, with ``resume``, continue) the run described by ``cfg``; see the module docstring."""
     progress = progress or Progress()
     out = Path(cfg.out)
-    state = _check_out_dir(cfg, out, resume)
+    _check_out_dir(cfg, out, resume)  # refused before the data is loaded (reads only; checked again when locked)
     optimizer = make_server_optimizer(cfg.server_opt, lr=cfg.server_lr, momentum=cfg.server_momentum)
     torch.set_num_threads(cfg.threads)
 
@@ -200,6 +326,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         from .secagg.aggregate import SecureSum  # needs the cryptography package
 
         summer = SecureSum()
+        _check_secure_range(summer, mode, cfg)
     local = LocalTraining(local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                           parallel_clients=cfg.parallel_clients, max_physical_batch=cfg.max_physical_batch)
     trainer = LocalTrainer(layout, make_engine(model, cfg.engine), data.x_train, data.y_train, members, local)
@@ -209,60 +336,67 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     delta = plan.delta if plan is not None else None
     sigma = plan.sigma if plan is not None else None
 
-    start_round, elapsed, cpu_elapsed = 0, 0.0, 0.0
-    if state is not None:
-        start_round, elapsed, cpu_elapsed = int(state["round"]), float(state["elapsed"]), float(state["cpu_elapsed"])
-        server.load_state_dict(state["server"])
-        _restore(mode, state, out)
-        _rewrite_lines(out / METRICS, start_round)
-        _rewrite_lines(out / PRIVATE, start_round)
-    out.mkdir(parents=True, exist_ok=True)
+    fd, state = _open_out_dir(cfg, out, resume)  # created and locked only now, and checked again under the lock
+    try:
+        start_round, elapsed, cpu_elapsed = 0, 0.0, 0.0
+        if state is not None:
+            try:
+                start_round, elapsed = int(state["round"]), float(state["elapsed"])
+                cpu_elapsed = float(state["cpu_elapsed"])
+                server.load_state_dict(state["server"])
+                _restore(mode, state, out)
+            except (KeyError, TypeError, ValueError, RuntimeError, DpcalibError) as error:
+                raise _damaged(out / CHECKPOINT, f"{type(error).__name__}: {error}") from None
+            _rewrite_lines(out / METRICS, start_round)
+            _rewrite_lines(out / PRIVATE, start_round)
+        else:  # round 0: a run stopped anywhere in round 1 can be resumed (its ledger.json then charges round 1)
+            _save_checkpoint(out / CHECKPOINT, _checkpoint(cfg, 0, 0.0, 0.0, server, mode))
 
-    accuracy = None
-    stopped = False
-    completed = start_round
-    for round_index in range(start_round + 1, cfg.rounds + 1):
-        if not mode.can_afford_next_round():
-            stopped = True
-            break
-        began, began_cpu = time.perf_counter(), time.process_time()
-        progress.round_started(round_index, cfg.rounds, cfg.local_steps)
-        epsilon = mode.charge_round()  # before any noise of the round is drawn
-        if mode.ledger is not None:
-            _save_ledger(out / LEDGER, mode.ledger)
-        result = server.run_round(progress.step, local_lr=cfg.lr * cfg.lr_decay ** (round_index - 1))
-        private: dict[str, Any] = {"round": round_index, "clients": len(result.client_ids),
-                                   "train_loss": result.train_loss}
-        metrics: dict[str, Any] = {"round": round_index}
-        if validation is None:
+        accuracy = None
+        stopped = False
+        completed = start_round
+        for round_index in range(start_round + 1, cfg.rounds + 1):
+            if not mode.can_afford_next_round():
+                stopped = True
+                break
+            began, began_cpu = time.perf_counter(), time.process_time()
+            progress.round_started(round_index, cfg.rounds, cfg.local_steps)
+            epsilon = mode.charge_round()  # before any noise of the round is drawn
+            if mode.ledger is not None:
+                _save_ledger(out / LEDGER, mode.ledger)
+            result = server.run_round(progress.step, local_lr=cfg.lr * cfg.lr_decay ** (round_index - 1))
+            private: dict[str, Any] = {"round": round_index, "clients": len(result.client_ids),
+                                       "train_loss": result.train_loss}
+            metrics: dict[str, Any] = {"round": round_index}
+            if validation is None:
+                accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
+                metrics["test_accuracy"] = accuracy
+            else:
+                private["val_accuracy"] = evaluate(model, layout, server.params, *validation)
+            seconds = time.perf_counter() - began
+            cpu_seconds = time.process_time() - began_cpu
+            cpu_elapsed += cpu_seconds
+            elapsed += seconds
+            metrics.update({
+                "epsilon": epsilon, "delta": delta, "sigma": sigma, "noise": mode.noise_label,
+                "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "elapsed": round(elapsed, 3),
+                **mode.release(),
+            })
+            _append(out / PRIVATE, private)
+            _append(out / METRICS, metrics)
+            _save_checkpoint(out / CHECKPOINT, _checkpoint(cfg, round_index, elapsed, cpu_elapsed, server, mode))
+            completed = round_index
+            progress.round_finished(metrics)
+
+        if accuracy is None:  # the test set once (validation split), or no round ran in this call
             accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
-            metrics["test_accuracy"] = accuracy
-        else:
-            private["val_accuracy"] = evaluate(model, layout, server.params, *validation)
-        seconds = time.perf_counter() - began
-        cpu_seconds = time.process_time() - began_cpu
-        cpu_elapsed += cpu_seconds
-        elapsed += seconds
-        metrics.update({
-            "epsilon": epsilon, "delta": delta, "sigma": sigma, "noise": mode.noise_label,
-            "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "elapsed": round(elapsed, 3),
-            **mode.release(),
-        })
-        _append(out / PRIVATE, private)
-        _append(out / METRICS, metrics)
-        _save_checkpoint(out / CHECKPOINT, {
-            "config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed,
-            "server": server.state_dict(), "mode": mode.state_dict(),
-        })
-        completed = round_index
-        progress.round_finished(metrics)
+        summary = RunSummary(
+            rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy, epsilon=mode.epsilon(),
+            delta=delta, sigma=sigma, noise=mode.noise_label, privacy=mode.describe(), seconds=round(elapsed, 3),
+            cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped, out=str(out),
+        )
+        (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        return summary
+    finally:
+        os.close(fd)  # releases the lock
 
-    if accuracy is None:  # the test set once (validation split), or no round ran in this call
-        accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
-    summary = RunSummary(
-        rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy, epsilon=mode.epsilon(),
-        delta=delta, sigma=sigma, noise=mode.noise_label, privacy=mode.describe(), seconds=round(elapsed, 3),
-        cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped, out=str(out),
-    )
-    (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")
-    return summary
