@@ -217,10 +217,10 @@ def _open_out_dir(cfg: RunConfig, out: Path, resume: bool) -> tuple[int, dict[st
     try:
         return fd, _check_out_dir(cfg, out, resume)
     except BaseException:
-        os.close(fd)
-        if created:
-            (out / LOCK).unlink(missing_ok=True)
+        if created and [entry.name for entry in out.iterdir()] == [LOCK]:  # still ours alone: leave no trace
+            (out / LOCK).unlink()
             out.rmdir()
+        os.close(fd)
         raise
 
 
