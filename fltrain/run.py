@@ -136,7 +136,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint at ``path``, or a one-line :class:`ConfigError` naming it if it is not a whole checkpoint."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # empty, truncated or foreign files fail in many ways (EOFError, RuntimeError, ...)
+    except EOFError:
+        raise _damaged(path, "it is empty or cut short") from None
+    except Exception as error:  # truncated or foreign files fail in many ways (RuntimeError, UnpicklingError, ...)
         raise _damaged(path, f"{type(error).__name__}: {error}") from None
     if not isinstance(state, dict):
         raise _damaged(path, f"it holds a {type(state).__name__}, not a checkpoint")

@@ -103,7 +103,7 @@ def checkpoint_without(finished_run, key: str) -> bytes:
 @pytest.mark.parametrize(
     "name,make,fragment",
     [
-        (CHECKPOINT, lambda run_dir: b"", "EOFError"),  # once "interrupted; continue with --resume", exit 130
+        (CHECKPOINT, lambda run_dir: b"", "empty or cut short"),  # once "interrupted; continue with --resume", exit 130
         (CHECKPOINT, lambda run_dir: (run_dir / CHECKPOINT).read_bytes()[:300], "damaged"),
         (CHECKPOINT, lambda run_dir: os.urandom(4096), "damaged"),
         (CHECKPOINT, lambda run_dir: checkpoint_without(run_dir, "server"), "missing 'server'"),
