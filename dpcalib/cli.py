@@ -199,7 +199,7 @@ def sigma(eps: float, delta: float, q, steps, epochs, dataset_size, batch_size, 
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [0.001, 1e6].")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [1e-100, 1e6].")
 @click.option("--delta", type=float, required=True, help="delta, in (0, 1).")
 @_plan_options
 @_common_options
@@ -221,7 +221,7 @@ def epsilon(sigma_: float, delta: float, q, steps, epochs, dataset_size, batch_s
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [0.001, 1e6].")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [1e-100, 1e6].")
 @click.option("--eps", type=float, required=True, help="epsilon (> 0).")
 @_plan_options
 @_common_options
@@ -247,7 +247,7 @@ def delta(sigma_: float, eps: float, q, steps, epochs, dataset_size, batch_size,
 @cli.command(context_settings=_CONTEXT)
 @click.option("--eps", type=float, required=True, help="epsilon budget (> 0).")
 @click.option("--delta", type=float, required=True, help="delta, in (0, 1).")
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [0.001, 1e6].")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [1e-100, 1e6].")
 @click.option("--q", type=float, help="Poisson sampling rate per step, in (0, 1].")
 @click.option("--dataset-size", type=int, help="alternative to --q: number of records N (q = B/N).")
 @click.option("--batch-size", type=int, help="with --dataset-size: expected batch size B.")
@@ -330,7 +330,7 @@ def _step_grid(total: int, points: int) -> list[int]:
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [0.001, 1e6].")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [1e-100, 1e6].")
 @click.option("--q", type=float, required=True, help="Poisson sampling rate per step, in (0, 1].")
 @click.option("--steps", type=int, required=True, help="the longest run to show (integer in [1, 10^12]).")
 @click.option("--delta", type=float, default=1e-5, show_default=True, help="delta, in (0, 1).")

@@ -20,10 +20,11 @@ the queries, the calibrators and the command line alike:
   of runs an accountant composes (:func:`steps`). It is the step calibrator's search limit, no training runs
   that long, and it keeps every product of a count and a per-step quantity far from the limits of float
   arithmetic (counts stay exact below 2^53 ≈ 9e15).
-* :data:`SIGMA_RANGE` = [1e-3, 1e6] for a Gaussian noise multiplier (:func:`noise_multiplier`). Below 1e-3 a
-  single unsampled step already costs ε > 10^5 at δ = 1e-5 (the mechanism protects nothing) and 1/σ² heads out of
-  the float range that the RDP and PLD arithmetic needs (σ² underflows to 0 near σ = 1e-162); 1e6 is the
-  calibrators' upper search limit, where one unsampled step costs ε ≈ 5e-6.
+* :data:`SIGMA_RANGE` = [1e-100, 1e6] for a Gaussian noise multiplier (:func:`noise_multiplier`). At 1e-100 the
+  RDP of 10^12 steps at the grid's largest order, 8192 × 10^12 / (2σ²) ≈ 4e215, is still a finite double; below
+  about 1e-154 σ² itself underflows to 0. (Such a σ protects nothing: at σ = 1e-3 one unsampled step already costs
+  ε > 10^5 at δ = 1e-5; tests use σ = 1e-9 as "no noise".) 1e6 is the σ calibrator's upper search limit, where
+  one unsampled step costs ε ≈ 5e-6.
 * :data:`SIZE_MAX` = 2^53 records for a dataset or batch size (:func:`size`): every such count, and the
   ratio of two of them, is exact in float arithmetic.
 """
@@ -53,7 +54,7 @@ __all__ = [
 #: The most compositions dpcalib accounts for (steps of a run, runs composed by one accountant in total).
 STEPS_MAX = 10**12
 #: The noise multipliers σ (noise standard deviation / L2 sensitivity) dpcalib accounts for, both ends included.
-SIGMA_RANGE = (1e-3, 1e6)
+SIGMA_RANGE = (1e-100, 1e6)
 #: The largest dataset or batch size dpcalib accounts for (2^53: exact as a float).
 SIZE_MAX = 2**53
 

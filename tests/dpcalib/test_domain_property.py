@@ -41,7 +41,7 @@ def log_uniform(lo: float, hi: float) -> st.SearchStrategy[float]:
     return st.floats(lo, hi).map(lambda x: 10.0**x)
 
 
-SIGMAS = st.one_of(log_uniform(-300, 300), log_uniform(-1, 1.5), st.sampled_from([1e-3, 1e6]))
+SIGMAS = st.one_of(log_uniform(-300, 300), log_uniform(-1, 1.5), st.sampled_from([1e-100, 1e6]))
 QS = st.one_of(st.just(1.0), log_uniform(-300, 0), log_uniform(-4, 0))
 STEPS = st.one_of(st.integers(1, 10**18), st.integers(1, 10**5), st.sampled_from([10**12, 10**12 + 1]))
 DELTAS = st.one_of(log_uniform(-300, -1e-6), log_uniform(-12, -3))

@@ -117,7 +117,7 @@ def test_the_supported_noise_range_is_enforced_and_its_ends_work():
             eps = dpcalib.epsilon(sigma=sigma, q=0.5, steps=1000, delta=1e-5)
         assert np.isfinite(eps) and eps > 0.0
     for sigma in (lo * (1 - 1e-12), hi * (1 + 1e-12), 1e-300):
-        with pytest.raises(InvalidArgumentError, match=r"sigma=.* must be in \[0.001, 1e\+06\]"):
+        with pytest.raises(InvalidArgumentError, match=r"sigma=.* must be in \[1e-100, 1e\+06\]"):
             dpcalib.Gaussian(sigma)
 
 
@@ -147,7 +147,7 @@ SIGMA_PLAN = ["--eps", "2", "--delta", "1e-5"]
 REFUSED = [
     # (argv, words the one line must contain); each was a traceback, an unbounded run or a wrong answer before
     (["sigma", *SIGMA_PLAN, "--epochs", "1e308", "--dataset-size", "60000", "--batch-size", "1"], ["epochs", "1000000000000"]),
-    (["epsilon", "--sigma", "1e-300", "--delta", "1e-5", "--q", "0.01", "--steps", "1000"], ["sigma", "[0.001, 1e+06]"]),
+    (["epsilon", "--sigma", "1e-300", "--delta", "1e-5", "--q", "0.01", "--steps", "1000"], ["sigma", "[1e-100, 1e+06]"]),
     (["sigma", *SIGMA_PLAN, "--q", "0.01", "--steps", "1000000000000000000", "--accountant", "pld"], ["steps", "1000000000000"]),
     (["epsilon", "--sigma", "1", "--delta", "1e-5", "--q", "1", "--steps", "1000000000000000000", "--accountant", "pld"], ["steps"]),
     (["delta", "--sigma", "1", "--eps", "1", "--q", "0.01", "--steps", "1000000000001"], ["steps"]),
