@@ -55,8 +55,8 @@ WIDE = settings(
 )
 
 PLD_PENDING = (
-    "pld.py raises untyped errors (ZeroDivisionError, OverflowError, ValueError) at extreme inputs and can report "
-    "a delta below the true one there; fixed on branch pld"
+    "pld.py raises untyped errors (ZeroDivisionError, OverflowError, ValueError) at extreme inputs "
+    "(sigma near 1e-100, eps near 1e308, steps near 10^12); to be fixed on branch pld"
 )
 ACCOUNTANTS = ["rdp", pytest.param("pld", marks=pytest.mark.xfail(strict=False, reason=PLD_PENDING))]
 

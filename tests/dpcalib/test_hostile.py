@@ -164,7 +164,7 @@ def test_cli_refuses_out_of_range_input_with_one_line_and_status_2(argv, needles
     assert_one_line_error(dpcalib_cli(*argv, timeout=30.0), 2, *needles)
 
 
-PLD_PENDING = "pld.py raises ZeroDivisionError / OverflowError here; fixed on branch pld"
+PLD_PENDING = "pld.py raises ZeroDivisionError / OverflowError here; to be fixed on branch pld"
 
 
 @pytest.mark.parametrize(
