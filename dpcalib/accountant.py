@@ -91,6 +91,7 @@ class Accountant(abc.ABC):
                 f"{self.sampler.neighbouring.value!r} for the {self.sampler.value!r} sampler (or omitted)",
             )
         self.history: list[tuple[Event, int]] = []
+        self._runs = 0  # leaf-event runs composed so far, at most check.STEPS_MAX
 
     def unit_sigma(self, noise: Gaussian) -> float:
         """The noise multiplier of ``noise`` per unit of L2 sensitivity under this accountant's relation:
@@ -149,7 +150,16 @@ class Accountant(abc.ABC):
     # -- shared bookkeeping ------------------------------------------------------------------------------
 
     def _record(self, event: Event, count: int) -> None:
-        """Append ``(event, count)`` to the history, merging with the last entry when the event is the same."""
+        """Append ``(event, count)`` to the history, merging with the last entry when the event is the same.
+
+        Raises :class:`InvalidArgumentError` (naming ``count``) if the total number of leaf-event runs composed
+        would exceed :data:`dpcalib.validation.STEPS_MAX`; the accountant is then left unchanged."""
+        runs = self._runs + sum(leaf_counts(event, count).values())
+        if runs > check.STEPS_MAX:
+            raise InvalidArgumentError(
+                "count", count, f"such that at most {check.STEPS_MAX} runs are composed in total ({self._runs} so far)"
+            )
+        self._runs = runs
         if self.history and self.history[-1][0] == event:
             self.history[-1] = (event, self.history[-1][1] + count)
         else:
@@ -238,11 +248,13 @@ class RdpAccountant(Accountant):
         if conversion not in METHODS:
             raise InvalidArgumentError("conversion", conversion, "one of " + ", ".join(repr(m) for m in METHODS))
         self.conversion = conversion
+        if not isinstance(refine, (bool, np.bool_)):
+            raise InvalidArgumentError("refine", refine, "True or False")
         self.refine = bool(refine)
         self._leaves: list[tuple[Event, int]] | None = None
 
     def compose(self, event: Event, count: int = 1) -> "RdpAccountant":
-        count = check.count("count", count)
+        count = check.steps("count", count)
         neighbouring = self._admit(event)
         for leaf in leaf_counts(event):
             self._check_leaf(leaf, neighbouring)
@@ -340,7 +352,7 @@ ACCOUNTANTS: dict[str, type[Accountant]] = {"rdp": RdpAccountant}
 
 
 def _check_name(name: Any) -> type[Accountant]:
-    if name not in ACCOUNTANTS:
+    if not isinstance(name, str) or name not in ACCOUNTANTS:
         raise InvalidArgumentError("accountant", name, "one of " + ", ".join(repr(n) for n in ACCOUNTANTS))
     return ACCOUNTANTS[name]
 
@@ -420,7 +432,7 @@ class PldAccountant(Accountant):
         self._distribution: pld.SubsampledGaussianPld | None = None
 
     def compose(self, event: Event, count: int = 1) -> "PldAccountant":
-        count = check.count("count", count)
+        count = check.steps("count", count)
         neighbouring = self._admit(event)
         for leaf in leaf_counts(event):
             self._phase(leaf, 1, neighbouring)

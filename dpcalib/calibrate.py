@@ -44,9 +44,9 @@ __all__ = [
 ]
 
 SIGMA_MIN = 0.05
-SIGMA_MAX = 1e6
+SIGMA_MAX = check.SIGMA_RANGE[1]
 Q_MIN = 1e-12
-STEPS_MAX = 10**12
+STEPS_MAX = check.STEPS_MAX
 #: first step of the σ bracket, in log σ; the step then doubles. A small first step gives a tight bracket when σ is
 #: near 1 (the typical DP-SGD answer), which matters for accountants whose ε is costly (PLD), and reaches σ = 1e6
 #: in fewer evaluations than doubling σ would.
@@ -85,7 +85,7 @@ def calibrate_sigma(
     """The smallest noise multiplier σ (to relative tolerance ``rtol``) with ε(σ) ≤ ``eps`` at ``delta`` for
     ``steps`` DP-SGD steps with Poisson rate ``q``. The σ returned is verified: ε(σ) ≤ eps."""
     q = check.rate("q", q)
-    steps = check.count("steps", steps)
+    steps = check.steps("steps", steps)
     return calibrate_sigma_for(
         lambda sigma: dpsgd_event(sigma=sigma, q=q, steps=steps),
         eps=eps,
@@ -135,8 +135,8 @@ def calibrate_q(
     """The largest Poisson rate q ≤ 1 (to relative tolerance ``rtol``) with ε ≤ ``eps`` for ``steps`` steps at
     noise ``sigma``; 1.0 if even q = 1 meets the target. Verified: ε(q) ≤ eps."""
     eps, delta, rtol = _check_target(eps, delta, rtol)
-    sigma = check.positive("sigma", sigma)
-    steps = check.count("steps", steps)
+    sigma = check.noise_multiplier("sigma", sigma)
+    steps = check.steps("steps", steps)
     excess = _Excess(
         lambda x: dpsgd_event(sigma=sigma, q=min(math.exp(x), 1.0), steps=steps), eps, delta, accountant, options
     )
@@ -159,7 +159,7 @@ def calibrate_steps(
     Doubling then integer bisection; the count returned has been evaluated and meets the target.
     """
     eps, delta, _ = _check_target(eps, delta, 1e-6)
-    sigma = check.positive("sigma", sigma)
+    sigma = check.noise_multiplier("sigma", sigma)
     q = check.rate("q", q)
     return _largest_count(
         lambda steps: dpsgd_event(sigma=sigma, q=q, steps=steps), eps, delta, accountant, options, f"sigma={sigma:g}, q={q:g}"
@@ -208,7 +208,7 @@ def _largest_count(
 
 
 def _dpsgd(sigma: float, q: float, steps: int) -> Event:
-    return dpsgd_event(sigma=check.positive("sigma", sigma), q=check.rate("q", q), steps=check.count("steps", steps))
+    return dpsgd_event(sigma=check.noise_multiplier("sigma", sigma), q=check.rate("q", q), steps=check.steps("steps", steps))
 
 
 def _check_target(eps: float, delta: float, rtol: float) -> tuple[float, float, float]:

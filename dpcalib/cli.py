@@ -7,13 +7,17 @@ steps). Every command takes ``--accountant``, ``--json``, and either ``--q/--ste
 and ``--sampler poisson|fixed|shuffle`` (how batches are formed; ``fixed`` and ``shuffle`` take
 ``--dataset-size/--batch-size`` with ``--steps`` or ``--epochs``; see :class:`dpcalib.events.Sampler`).
 
-Bad input exits with status 2 and one line on stderr naming the argument; never a traceback.
+Bad input (anything outside the ranges of :mod:`dpcalib.validation`, an unreachable target, an unwritable
+``--plot`` file) exits with status 2 and one line on stderr naming the argument; never a traceback. Warnings
+are relayed once each, whatever the number of times the library issued them. An unexpected exception (a bug)
+exits with status 1 and one line naming it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -25,7 +29,7 @@ import click
 from . import __version__
 from .accountant import ACCOUNTANTS, make_accountant
 from .calibrate import calibrate_sigma, calibrate_sigma_for, calibrate_steps, calibrate_steps_for
-from .errors import DpcalibError, InvalidArgumentError, UnsupportedEventError
+from .errors import DpcalibError, DpcalibWarning, InvalidArgumentError, UnsupportedEventError
 from .events import Event, Sampler, shuffled_epochs, training_event
 from . import validation as check
 
@@ -71,8 +75,8 @@ class Plan:
 
 
 def _rate_from(dataset_size: int | None, batch_size: int | None) -> tuple[int, int]:
-    n = check.count("dataset-size", dataset_size)
-    b = check.count("batch-size", batch_size)
+    n = check.size("dataset-size", dataset_size)
+    b = check.size("batch-size", batch_size)
     if b > n:
         raise InvalidArgumentError("batch-size", b, f"an integer in [1, dataset-size={n}]")
     return n, b
@@ -102,6 +106,9 @@ def make_plan(
         e = check.positive("epochs", epochs)
         # E·N/B steps, in exact arithmetic on the decimal the user wrote, rounded up: never undercounting
         steps_needed = math.ceil(Fraction(repr(e)) * n / b)
+        if steps_needed > check.STEPS_MAX:
+            most = check.STEPS_MAX * b / n
+            raise InvalidArgumentError("epochs", e, f"at most {most:.6g} here (steps = ceil(E*N/B) <= {check.STEPS_MAX})")
         return Plan(q=b / n, steps=max(steps_needed, 1), epochs=e, dataset_size=n, batch_size=b)
     if q is None or (need_steps and steps is None):
         missing = "--q" if q is None else "--steps"
@@ -114,7 +121,7 @@ def make_plan(
         if steps is not None:
             raise InvalidArgumentError("steps", steps, "omitted here (this command finds the number of steps)")
         return Plan(q=rate, steps=0)
-    return Plan(q=rate, steps=check.count("steps", steps))
+    return Plan(q=rate, steps=check.steps("steps", steps))
 
 
 def _fixed_size_plan(
@@ -141,7 +148,7 @@ def _fixed_size_plan(
         per_epoch = Fraction(n // b) if kind is Sampler.SHUFFLE else Fraction(n, b)
         count = max(math.ceil(Fraction(repr(e)) * per_epoch), 1)
         return Plan(q=b / n, steps=count, epochs=e, dataset_size=n, batch_size=b, sampler=kind)
-    count = check.count("steps", steps)
+    count = check.steps("steps", steps)
     return Plan(q=b / n, steps=count, epochs=count * b / n, dataset_size=n, batch_size=b, sampler=kind)
 
 
@@ -159,7 +166,7 @@ def _sampler_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def _plan_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--q", type=float, help="Poisson sampling rate per step, in (0, 1]."),
-        click.option("--steps", type=int, help="number of noisy steps (integer >= 1)."),
+        click.option("--steps", type=int, help="number of noisy steps (integer in [1, 10^12])."),
         click.option("--epochs", type=float, help="alternative to --q/--steps: passes over the data (> 0)."),
         click.option("--dataset-size", type=int, help="with --epochs, or --sampler fixed|shuffle: number of records N."),
         click.option(
@@ -205,10 +212,23 @@ def _supports(accountant: str, plan: Plan) -> bool:
 
 
 def _emit(as_json: bool, record: dict[str, Any], text: str) -> None:
+    _check_finite(record)
     if as_json:
         click.echo(json.dumps(record))
     else:
         click.echo(text)
+
+
+def _check_finite(value: Any) -> None:
+    """Raise ArithmeticError (a bug: exit status 1) if a number to be printed is nan or ±inf."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ArithmeticError(f"a result is {value}")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_finite(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_finite(item)
 
 
 def _record(accountant: str, plan: Plan, **fields: Any) -> dict[str, Any]:
@@ -275,7 +295,7 @@ def sigma(
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [1e-100, 1e6].")
 @click.option("--delta", type=float, required=True, help="delta, in (0, 1).")
 @_plan_options
 @_common_options
@@ -290,7 +310,7 @@ def epsilon(
       dpcalib epsilon --sigma 1.1 --delta 1e-5 --steps 7000 --dataset-size 60000 --batch-size 256 --sampler shuffle
     """
     plan = make_plan(q, steps, epochs, dataset_size, batch_size, sampler=sampler)
-    s = check.positive("sigma", sigma_)
+    s = check.noise_multiplier("sigma", sigma_)
     achieved, order = _epsilon_and_order(accountant, s, plan, delta)
     _emit(
         as_json,
@@ -300,7 +320,7 @@ def epsilon(
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [1e-100, 1e6].")
 @click.option("--eps", type=float, required=True, help="epsilon (> 0).")
 @_plan_options
 @_common_options
@@ -314,7 +334,7 @@ def delta(
       dpcalib delta --sigma 1.0 --eps 2 --q 0.01 --steps 1000
     """
     plan = make_plan(q, steps, epochs, dataset_size, batch_size, sampler=sampler)
-    s = check.positive("sigma", sigma_)
+    s = check.noise_multiplier("sigma", sigma_)
     e = check.positive("eps", eps)
     acc = make_accountant(accountant, sampler=plan.sampler.value).compose(plan.event(s))
     value = acc.delta(e)
@@ -328,7 +348,7 @@ def delta(
 @cli.command(context_settings=_CONTEXT)
 @click.option("--eps", type=float, required=True, help="epsilon budget (> 0).")
 @click.option("--delta", type=float, required=True, help="delta, in (0, 1).")
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [1e-100, 1e6].")
 @click.option("--q", type=float, help="Poisson sampling rate per step, in (0, 1].")
 @click.option("--dataset-size", type=int, help="alternative to --q: number of records N (q = B/N).")
 @click.option("--batch-size", type=int, help="with --dataset-size: batch size B (expected size for poisson).")
@@ -346,7 +366,7 @@ def steps(
       dpcalib steps --eps 8 --delta 1e-5 --sigma 2.0 --dataset-size 60000 --batch-size 600 --sampler fixed
     """
     plan = make_plan(q, None, None, dataset_size, batch_size, need_steps=False, sampler=sampler)
-    s = check.positive("sigma", sigma_)
+    s = check.noise_multiplier("sigma", sigma_)
     if plan.sampler is Sampler.POISSON:
         count = calibrate_steps(eps=eps, delta=delta, sigma=s, q=plan.q, accountant=accountant)
     else:
@@ -409,6 +429,10 @@ def compare(eps: float, delta: float, q, steps, epochs, dataset_size, batch_size
     _emit(as_json, record, "\n".join(lines))
 
 
+#: the most points `curve` computes: each costs one composition per accountant (a PLD one takes up to about a second)
+_POINTS_MAX = 50
+
+
 def _step_grid(total: int, points: int) -> list[int]:
     """About ``points`` step counts from 1 to ``total``, evenly spaced on a log scale, always ending at ``total``."""
     grid = {max(1, round(total ** (i / max(points - 1, 1)))) for i in range(points)}
@@ -417,14 +441,14 @@ def _step_grid(total: int, points: int) -> list[int]:
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier (> 0).")
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [1e-100, 1e6].")
 @click.option("--q", type=float, help="Poisson sampling rate per step, in (0, 1].")
-@click.option("--steps", type=int, required=True, help="the longest run to show (integer >= 1).")
+@click.option("--steps", type=int, required=True, help="the longest run to show (integer in [1, 10^12]).")
 @click.option("--dataset-size", type=int, help="with --sampler fixed|shuffle: number of records N.")
 @click.option("--batch-size", type=int, help="with --sampler fixed|shuffle: batch size B.")
 @_sampler_option
 @click.option("--delta", type=float, default=1e-5, show_default=True, help="delta, in (0, 1).")
-@click.option("--points", type=int, default=20, show_default=True, help="number of step counts (log-spaced, >= 2).")
+@click.option("--points", type=int, default=20, show_default=True, help=f"number of step counts (log-spaced, 2 to {_POINTS_MAX}).")
 @click.option("--csv", "as_csv", is_flag=True, help="print CSV (steps, then one column per accountant).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="also save a plot (needs matplotlib: extra 'plot').")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text.")
@@ -439,7 +463,7 @@ def curve(
       dpcalib curve --sigma 1 --q 0.01 --steps 10000
       dpcalib curve --sigma 1 --q 0.01 --steps 10000 --csv --plot curve.png
     """
-    s = check.positive("sigma", sigma_)
+    s = check.noise_multiplier("sigma", sigma_)
     if sampler == Sampler.POISSON.value:
         plan = make_plan(q, steps, None, None, None)
         if dataset_size is not None or batch_size is not None:
@@ -447,10 +471,13 @@ def curve(
             raise InvalidArgumentError(bad, dataset_size if dataset_size is not None else batch_size, "omitted with --q")
     else:
         plan = make_plan(q, steps, None, dataset_size, batch_size, sampler=sampler)
-    n_points = check.count("points", points, minimum=2)
+    n_points = check.count("points", points, minimum=2, maximum=_POINTS_MAX)
+    if plot_file is not None:
+        _check_writable("--plot", plot_file)
     grid = _step_grid(plan.steps, n_points)
     names = [n for n in ACCOUNTANTS if _supports(n, plan)]
     table = {n: [_epsilon_and_order(n, s, plan.with_steps(t), delta)[0] for t in grid] for n in names}
+    _check_finite(table)
     if plot_file is not None:
         _plot(plot_file, grid, table, s, plan.q, delta)
     if as_json:
@@ -465,6 +492,13 @@ def curve(
         click.echo(f"{'steps':>10}" + "".join(f"{n:>12}" for n in names))
         for i, t in enumerate(grid):
             click.echo(f"{t:>10}" + "".join(f"{table[n][i]:>12.5g}" for n in names))
+
+
+def _check_writable(option: str, path: str) -> None:
+    """Refuse, before any computation, a file path whose directory does not exist or cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{path!r} is not in an existing, writable directory.", param_hint=f"'{option}'")
 
 
 def _plot(path: str, grid: list[int], table: dict[str, list[float]], sigma: float, q: float, delta: float) -> None:
@@ -485,12 +519,21 @@ def _plot(path: str, grid: list[int], table: dict[str, list[float]], sigma: floa
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as err:  # e.g. the directory vanished, the disk is full, an unknown extension
+        raise click.BadParameter(f"cannot save the plot to {path!r}: {err}", param_hint="'--plot'") from None
+    finally:
+        plt.close(fig)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit status: 0, or 2 after one line on stderr for bad input."""
+    """Run the CLI and return its exit status.
+
+    0 on success, after relaying each distinct :class:`~dpcalib.errors.DpcalibWarning` once (numerical warnings of
+    numpy inside the library are not the user's concern and are dropped); 2 after one line on stderr for bad input
+    or an unreachable target; 1 after one line for an unexpected exception (a bug in dpcalib). Never a traceback,
+    and a failure prints nothing but its one line."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -501,15 +544,17 @@ def run(argv: Sequence[str] | None = None) -> int:
             return _fail("aborted")
         except DpcalibError as err:
             return _fail(str(err))
-        finally:
-            for w in caught:
-                click.echo(f"dpcalib: warning: {w.message}", err=True)
+        except Exception as err:  # noqa: BLE001 -- the last resort: one line, not a traceback
+            return _fail(f"internal error ({type(err).__name__}: {err}); please report this command line", status=1)
+    relayed = (str(w.message) for w in caught if issubclass(w.category, DpcalibWarning))
+    for message in dict.fromkeys(relayed):
+        click.echo("dpcalib: warning: " + " ".join(message.split()), err=True)
     return status if isinstance(status, int) else 0
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 2) -> int:
     click.echo("dpcalib: error: " + " ".join(message.split()), err=True)
-    return 2
+    return status
 
 
 def main() -> None:

@@ -66,6 +66,7 @@ _CLUSTER_OFFSETS = np.concatenate([[1.0, 2.0, 3.0], 4.0 * 16.0 ** np.arange(8)])
 _GUARD = 4.0
 # The grid on which the refinement's model of the objective is minimised, as fractions of the bracket.
 _MODEL_GRID = np.linspace(0.0, 1.0, 64)
+_SMALLEST_POSITIVE = float(np.finfo(np.float64).smallest_subnormal)
 
 
 class Conversion(NamedTuple):
@@ -84,9 +85,7 @@ def _check_method(method: str) -> str:
 
 
 def _check_eps(eps: float) -> float:
-    if not isinstance(eps, (int, float, np.floating, np.integer)) or not (0.0 <= float(eps) < math.inf):
-        raise InvalidArgumentError("eps", eps, "a finite number >= 0")
-    return float(eps)
+    return check.non_negative("eps", eps)
 
 
 def epsilon_bounds(
@@ -136,10 +135,19 @@ def _log_delta_bounds(
     return np.minimum(np.minimum(bound, kl), 0.0)
 
 
+def _check_rdp(rdp: ArrayLike, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``rdp`` as a float array of one value ≥ 0 (or +∞) per order, else :class:`InvalidArgumentError`."""
+    raw = np.asarray(rdp)
+    values = np.atleast_1d(raw.astype(np.float64)) if raw.dtype.kind in "iuf" else None
+    if values is None or values.shape != alpha.shape or np.any(np.isnan(values)) or np.any(values < 0.0):
+        raise InvalidArgumentError("rdp", rdp, f"{alpha.size} numbers >= 0, one per order")
+    return values
+
+
 def rdp_to_epsilon(orders: ArrayLike, rdp: ArrayLike, delta: float, method: str = "improved") -> tuple[float, float]:
     """The smallest ε(δ) over the given (order, RDP) pairs, and the order attaining it (no refinement)."""
     alpha = check_orders(orders)
-    values = epsilon_bounds(alpha, rdp, delta, method)
+    values = epsilon_bounds(alpha, _check_rdp(rdp, alpha), delta, method)
     i = int(np.argmin(values))
     return float(values[i]), float(alpha[i])
 
@@ -147,9 +155,14 @@ def rdp_to_epsilon(orders: ArrayLike, rdp: ArrayLike, delta: float, method: str 
 def rdp_to_delta(orders: ArrayLike, rdp: ArrayLike, eps: float, method: str = "improved") -> tuple[float, float]:
     """The smallest δ(ε) over the given (order, RDP) pairs, and the order attaining it (no refinement)."""
     alpha = check_orders(orders)
-    values = log_delta_bounds(alpha, rdp, eps, method)
+    values = log_delta_bounds(alpha, _check_rdp(rdp, alpha), eps, method)
     i = int(np.argmin(values))
-    return float(math.exp(values[i])), float(alpha[i])
+    return _delta_of(float(values[i])), float(alpha[i])
+
+
+def _delta_of(log_delta: float) -> float:
+    """δ from log δ, rounded up: a δ > 0 below the smallest double is that double, not 0 (log δ = −∞ gives 0)."""
+    return 0.0 if log_delta == -math.inf else max(math.exp(log_delta), _SMALLEST_POSITIVE)
 
 
 def optimise_epsilon(
@@ -188,7 +201,7 @@ def optimise_delta(
     eps = _check_eps(eps)
     _check_method(method)
     result = _minimise(curve, lambda a, r, kl: _log_delta_bounds(a, r, eps, method, kl), orders, refine, start)
-    converted = Conversion(float(math.exp(result.value)), result.order, result.at_edge)
+    converted = Conversion(_delta_of(result.value), result.order, result.at_edge)
     if warn and converted.at_edge and converted.value > 0.0:
         _warn_edge(converted)
     return converted

@@ -34,7 +34,19 @@ class InvalidArgumentError(DpcalibError, ValueError):
         self.name = name
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{name}={value!r} is out of range: {name} must be {allowed}")
+        super().__init__(f"{name}={_short_repr(value)} is out of range: {name} must be {allowed}")
+
+
+def _short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut in the middle to at most ``limit`` characters (a 400-digit integer stays one short line)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python will print
+        text = f"<{type(value).__name__} too large to print>"
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
 
 
 class UnreachableTargetError(DpcalibError):

@@ -88,12 +88,13 @@ class Gaussian:
     """The Gaussian mechanism on a sum of contributions clipped to norm C, with noise std ``sigma`` × C.
 
     ``sigma`` is the noise multiplier (noise std / C); the accountant divides it by the neighbouring relation's
-    sensitivity (1 for add/remove, 2 for replace-one, :attr:`Neighbouring.sensitivity`)."""
+    sensitivity (1 for add/remove, 2 for replace-one, :attr:`Neighbouring.sensitivity`). ``sigma`` lies in
+    :data:`dpcalib.validation.SIGMA_RANGE`."""
 
     sigma: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sigma", check.positive("sigma", self.sigma))
+        object.__setattr__(self, "sigma", check.noise_multiplier("sigma", self.sigma))
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,8 @@ class SampledWithoutReplacement:
     event: "Event"
 
     def __post_init__(self) -> None:
-        n = check.count("n", self.n)
-        batch = check.count("batch", self.batch)
+        n = check.size("n", self.n)
+        batch = check.size("batch", self.batch)
         if batch > n:
             raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
         object.__setattr__(self, "n", n)
@@ -154,13 +155,13 @@ class ShuffledEpoch:
 
 @dataclass(frozen=True)
 class Repeated:
-    """``event`` run ``count`` times (adaptive composition)."""
+    """``event`` run ``count`` times (adaptive composition); ``count`` ≤ :data:`dpcalib.validation.STEPS_MAX`."""
 
     event: "Event"
     count: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "count", check.count("count", self.count))
+        object.__setattr__(self, "count", check.steps("count", self.count))
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def shuffled_epochs(steps: int, n: int, batch: int) -> int:
 
 def dpsgd_event(*, sigma: float, q: float, steps: int) -> Event:
     """The event of ``steps`` DP-SGD steps with Poisson rate ``q`` and noise multiplier ``sigma``."""
-    return Repeated(PoissonSampled(q, Gaussian(sigma)), steps)
+    return Repeated(PoissonSampled(q, Gaussian(sigma)), check.steps("steps", steps))
 
 
 def training_event(

@@ -60,11 +60,15 @@ _MOMENT_TERMS = 24
 _HERMITE_NODES = 60
 # Integer orders up to this one share a per-q table of their binomial terms (see _integer_table).
 _TABLE_TOP = 64
+_SMALLEST_POSITIVE = float(np.finfo(np.float64).smallest_subnormal)
 
 
 def check_orders(orders: ArrayLike) -> NDArray[np.float64]:
     """Return ``orders`` as a 1-d float array, raising :class:`InvalidArgumentError` unless every order is finite and > 1."""
-    arr = np.atleast_1d(np.asarray(orders, dtype=np.float64))
+    raw = np.asarray(orders)
+    if raw.dtype.kind not in "iuf":  # booleans, strings, objects: not orders
+        raise InvalidArgumentError("orders", orders, "a non-empty sequence of finite numbers > 1")
+    arr = np.atleast_1d(raw.astype(np.float64))
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 1.0):
         raise InvalidArgumentError("orders", orders, "a non-empty sequence of finite numbers > 1")
     return arr
@@ -72,7 +76,7 @@ def check_orders(orders: ArrayLike) -> NDArray[np.float64]:
 
 def gaussian_rdp(sigma: float, orders: ArrayLike) -> NDArray[np.float64]:
     """RDP of the Gaussian mechanism with sensitivity 1 and noise multiplier ``sigma``: α / (2σ²) (Mironov 2017, Prop. 7)."""
-    sigma = check.positive("sigma", sigma)
+    sigma = check.noise_multiplier("sigma", sigma)
     return check_orders(orders) / (2.0 * sigma * sigma)
 
 
@@ -85,7 +89,7 @@ def poisson_gaussian_rdp(q: float, sigma: float, orders: ArrayLike) -> NDArray[n
     binomial coefficients kept, or, when the two Gaussians are close (σ ≥ 20, αq/σ ≤ 0.1), the moment series
     ``A_α - 1 = Σ_k C(α,k) q^k E[(r - 1)^k]`` (same paper, Sec. 3.2). q = 1 is the Gaussian α/(2σ²).
     """
-    return poisson_curve(check.rate("q", q), check.positive("sigma", sigma), check_orders(orders))
+    return poisson_curve(check.rate("q", q), check.noise_multiplier("sigma", sigma), check_orders(orders))
 
 
 def poisson_curve(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -94,8 +98,8 @@ def poisson_curve(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray
     if q == 1.0:
         return alpha / (2.0 * sigma * sigma)
     integer = alpha == np.round(alpha)
-    if integer.all():
-        return np.logaddexp(0.0, _log_a_minus_1_int(q, sigma, alpha)) / (alpha - 1.0)
+    if integer.all():  # rounded up to the smallest double, as below
+        return np.maximum(np.logaddexp(0.0, _log_a_minus_1_int(q, sigma, alpha)) / (alpha - 1.0), _SMALLEST_POSITIVE)
     log_am1 = np.empty_like(alpha)
     if integer.any():
         log_am1[integer] = _log_a_minus_1_int(q, sigma, alpha[integer])
@@ -107,7 +111,9 @@ def poisson_curve(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray
         log_am1[moment] = _log_a_minus_1_moments(q, sigma, alpha[moment])
     if series.any():
         log_am1[series] = _log_a_minus_1_frac(q, sigma, alpha[series])
-    return np.logaddexp(0.0, log_am1) / (alpha - 1.0)
+    # a true RDP > 0 below the smallest double (q = 1e-181, σ = 1e6) rounds up to it, never down to 0: a curve of 0
+    # would let the conversion certify ε = 0 (the KL rule) where the true δ(0) is 3e-188
+    return np.maximum(np.logaddexp(0.0, log_am1) / (alpha - 1.0), _SMALLEST_POSITIVE)
 
 
 def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: ArrayLike) -> NDArray[np.float64]:
@@ -122,11 +128,11 @@ def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: A
     Fractional orders: the cumulant generating function (α - 1)ε(α) is convex, so linear interpolation of the
     bounds at ⌊α⌋ and ⌈α⌉ is an upper bound (same paper, Corollary 10; (α - 1)ε(α) = 0 at α = 1).
     """
-    n = check.count("n", n)
-    batch = check.count("batch", batch)
+    n = check.size("n", n)
+    batch = check.size("batch", batch)
     if batch > n:
         raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
-    sigma = check.positive("sigma", sigma)
+    sigma = check.noise_multiplier("sigma", sigma)
     alpha = check_orders(orders)
     if batch == n:
         return alpha / (2.0 * sigma * sigma)
@@ -140,7 +146,7 @@ def without_replacement_gaussian_rdp(n: int, batch: int, sigma: float, orders: A
     cgf_lo = np.array([cgf[a] for a in lo.tolist()])
     cgf_hi = np.array([cgf[a] for a in hi.tolist()])
     t = alpha - lo
-    return ((1.0 - t) * cgf_lo + t * cgf_hi) / (alpha - 1.0)
+    return np.maximum(((1.0 - t) * cgf_lo + t * cgf_hi) / (alpha - 1.0), _SMALLEST_POSITIVE)  # rounded up, as above
 
 
 # --------------------------------------------------------------------------------------------------- helpers

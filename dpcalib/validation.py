@@ -11,6 +11,22 @@ dpcalib's internals::
 
 Types are checked, not coerced: booleans, strings, bytes and ``None`` are refused (``q=True`` is not the rate 1,
 ``eps="2"`` is not 2); a count must be an integer or an integral float (``3.0`` is accepted as 3, ``2.5`` is not).
+Integers too large for a float (``10**400``) are out of every range, never an ``OverflowError``.
+
+The supported domain of dpcalib's accounting is stated here, once, and enforced by the events, the accountants,
+the queries, the calibrators and the command line alike:
+
+* :data:`STEPS_MAX` = 10^12 compositions: a DP-SGD run's ``steps``, a ``Repeated`` count, and the total number
+  of runs an accountant composes (:func:`steps`). It is the step calibrator's search limit, no training runs
+  that long, and it keeps every product of a count and a per-step quantity far from the limits of float
+  arithmetic (counts stay exact below 2^53 ≈ 9e15).
+* :data:`SIGMA_RANGE` = [1e-100, 1e6] for a Gaussian noise multiplier (:func:`noise_multiplier`). At 1e-100 the
+  RDP of 10^12 steps at the grid's largest order, 8192 × 10^12 / (2σ²) ≈ 4e215, is still a finite double; below
+  about 1e-154 σ² itself underflows to 0. (Such a σ protects nothing: at σ = 1e-3 one unsampled step already costs
+  ε > 10^5 at δ = 1e-5; tests use σ = 1e-9 as "no noise".) 1e6 is the σ calibrator's upper search limit, where
+  one unsampled step costs ε ≈ 5e-6.
+* :data:`SIZE_MAX` = 2^53 records for a dataset or batch size (:func:`size`): every such count, and the
+  ratio of two of them, is exact in float arithmetic.
 """
 
 from __future__ import annotations
@@ -20,7 +36,27 @@ import numbers
 
 from .errors import InvalidArgumentError
 
-__all__ = ["real", "positive", "non_negative", "open_unit", "rate", "count"]
+__all__ = [
+    "STEPS_MAX",
+    "SIGMA_RANGE",
+    "real",
+    "positive",
+    "non_negative",
+    "open_unit",
+    "rate",
+    "count",
+    "steps",
+    "size",
+    "noise_multiplier",
+    "SIZE_MAX",
+]
+
+#: The most compositions dpcalib accounts for (steps of a run, runs composed by one accountant in total).
+STEPS_MAX = 10**12
+#: The noise multipliers σ (noise standard deviation / L2 sensitivity) dpcalib accounts for, both ends included.
+SIGMA_RANGE = (1e-100, 1e6)
+#: The largest dataset or batch size dpcalib accounts for (2^53: exact as a float).
+SIZE_MAX = 2**53
 
 
 def _as_real(value: object) -> float | None:
@@ -93,3 +129,22 @@ def count(name: str, value: object, minimum: int = 1, maximum: int | None = None
     if as_int < minimum or (maximum is not None and as_int > maximum):
         raise InvalidArgumentError(name, value, allowed)
     return as_int
+
+
+def steps(name: str, value: object) -> int:
+    """Return ``value`` as an ``int`` if it is a number of compositions in [1, :data:`STEPS_MAX`], else raise."""
+    return count(name, value, minimum=1, maximum=STEPS_MAX)
+
+
+def size(name: str, value: object) -> int:
+    """Return ``value`` as an ``int`` if it is a number of records in [1, :data:`SIZE_MAX`], else raise."""
+    return count(name, value, minimum=1, maximum=SIZE_MAX)
+
+
+def noise_multiplier(name: str, value: object) -> float:
+    """Return ``float(value)`` if it is a noise multiplier in :data:`SIGMA_RANGE` (both ends included), else raise."""
+    lo, hi = SIGMA_RANGE
+    x = _as_real(value)
+    if x is None or not (lo <= x <= hi):
+        raise InvalidArgumentError(name, value, f"in [{lo:g}, {hi:g}]")
+    return x

@@ -1,16 +1,44 @@
 """One training run: set-up, rounds, evaluation, metrics (JSONL), checkpoints, resume, progress.
 
-Files in the output directory:
+The run knows no privacy mode: :func:`fltrain.privacy.build_mode` makes the mode object that owns the plan, the
+randomness, the cohort, the clients' and the server's steps and the ledger; :class:`fltrain.fedavg.FedAvgServer`
+runs its rounds. Files in the output directory:
 
-- ``metrics.jsonl``: one JSON object per round: ``round``, ``train_loss``, ``test_accuracy`` (a fraction),
-  ``epsilon`` (spent so far; ``null`` without DP), ``delta``, ``sigma``, ``seconds`` (this round, wall clock),
-  ``cpu_seconds`` (this round, CPU time of the process: comparable on a loaded machine), ``elapsed``,
-  ``clients`` (how many trained); with ``dp="client"`` also ``clip`` (the clip norm of the round), ``noise_std``
-  and, with adaptive clipping, ``noisy_fraction_unclipped`` (all DP releases; ``clients`` and ``train_loss`` are
-  server-side diagnostics, not differentially private);
+- ``metrics.jsonl`` (public): one JSON object per round holding only settings, DP releases and public-data
+  figures: ``round``, ``test_accuracy`` (a fraction, on the public test set; absent with ``val_fraction`` > 0, when
+  the test set is used once, at the end), ``epsilon`` (spent so far; ``null`` without DP), ``delta``, ``sigma``,
+  ``noise`` (``"secure"``, ``"insecure-reproducible"``: a simulation without the guarantee, or ``"none"``),
+  ``seconds`` (this round, wall clock), ``cpu_seconds`` (CPU time of the process), ``elapsed``, and the mode's
+  releases (client level: ``clip``, ``noise_std`` and, with adaptive clipping, ``noisy_fraction_unclipped``);
+- ``private-diagnostics.jsonl`` (PRIVATE, never to be published): per round the number of clients that trained
+  (``clients``: private with a Poisson cohort), the record-weighted training loss (``train_loss``, un-noised) and,
+  with a validation split, ``val_accuracy`` (measured on training records). In a deployment these figures would
+  stay on the clients; the in-process simulation writes them for its operator;
+- ``ledger.json`` (public): the privacy ledger, written *before* each round's noise is drawn (see below);
 - ``checkpoint.pt``: written atomically (temporary file + ``os.replace``) after every round: the config, the
-  global parameters and server optimiser, the RNG state, the privacy ledger, the clipping state of client-level DP;
-- ``summary.json``: written at the end.
+  global parameters and server optimiser, the mode's state (ledger, clip norm) and, only with
+  ``insecure_reproducible_noise``, the generator state. It holds nothing from which the DP noise could be
+  regenerated: the secret source's key never leaves memory;
+- ``summary.json`` (public): written at the end: accuracy, ε, δ, σ, the mode's description (guarantee and
+  neighbouring relation, plan, noise source), timings;
+- ``.fltrain.lock``: held (``flock``, exclusive) while a run writes the directory, so that two runs started on one
+  ``--out`` cannot both write it: the second is refused.
+
+**The output directory.** ``--out`` must name a new directory, an empty one, or (with ``--resume``) one holding a
+run; a file, an empty name or a directory holding other files is refused. The directory is created only once
+everything else has been checked, and a checkpoint of round 0 is written before round 1 begins, so a run stopped
+at any point (even in round 1, after its metrics line) can be continued with ``--resume``. A damaged checkpoint
+(truncated, empty, not a checkpoint, a key missing), ledger or metrics file is reported in one line naming the file;
+a metrics line cut short by a crash is dropped on resume.
+
+**The ledger is never under-counted.** With secret noise, a round interrupted after its noise was drawn may
+already have released something (its metrics line); resuming from the previous checkpoint re-runs that round with
+fresh noise, a second, independent release. So every round is charged and ``ledger.json`` written (and synced)
+before its noise is drawn, and a resumed run continues from ``ledger.json``: the interrupted round stays charged
+and its re-run is charged again. With ``insecure_reproducible_noise`` a re-run round draws exactly the noise of the
+interrupted one (the generator state is checkpointed), the same release, so the ledger of the checkpoint is used
+and a resumed run equals the uninterrupted one bit for bit. Everything the seed controls (partition, validation
+split, initialisation) is recomputed from the config on resume.
 
 Everything that can be refused (config, data, partition, calibration, an existing or mismatched run) is checked
 before the first byte is written.
@@ -18,6 +46,7 @@ before the first byte is written.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -26,25 +55,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dpcalib.errors import InvalidArgumentError
 from torch.func import functional_call
 
-from .client import LocalTrainer, LocalTraining, sampling_rates
-from .clientdp import ClientDPAggregator, PoissonClientSampler, plan_client_dp
+from .client import LocalTrainer, LocalTraining
+from dpcalib.errors import DpcalibError
+
 from .config import ConfigError, RunConfig
-from .data import load_dataset, partition
+from .data import load_dataset, partition, split_validation
 from .dpsgd import make_engine
-from .fedavg import Aggregator, ClientSampler, FedAvgServer, FractionSampler, WeightedMean
+from .fedavg import FedAvgServer, Summer, plain_sum
 from .models import ParamLayout, build_model
-from .privacy import PrivacyLedger, make_plan
-from .secagg.aggregate import SecureClientDPAggregator, SecureWeightedMean
+from .privacy import PrivacyLedger, PrivacyMode, build_mode
 from .serveropt import make_server_optimizer
 
-__all__ = ["Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "SUMMARY"]
+__all__ = [
+    "Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "PRIVATE", "LEDGER", "SUMMARY", "LOCK",
+]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+PRIVATE = "private-diagnostics.jsonl"
+LEDGER = "ledger.json"
 SUMMARY = "summary.json"
+LOCK = ".fltrain.lock"
+_RUN_FILES = (CHECKPOINT, METRICS, PRIVATE, LEDGER, SUMMARY)
+_CHECKPOINT_KEYS = ("config", "round", "elapsed", "cpu_elapsed", "server", "mode")
 
 
 class Progress:
@@ -62,14 +97,16 @@ class Progress:
 
 @dataclass
 class RunSummary:
-    """The outcome of a run."""
+    """The outcome of a run (all public: see the module docstring)."""
 
     rounds_completed: int
     rounds_planned: int
     test_accuracy: float
     epsilon: float | None
     delta: float | None
-    sigma: float
+    sigma: float | None
+    noise: str
+    privacy: dict[str, Any]
     seconds: float
     cpu_seconds: float
     stopped_by_budget: bool
@@ -88,25 +125,62 @@ def evaluate(model: torch.nn.Module, layout: ParamLayout, params: torch.Tensor, 
     return correct / max(1, len(y))
 
 
+def _damaged(path: Path, problem: str) -> ConfigError:
+    return ConfigError(
+        f"{str(path)!r} is damaged ({problem}); the run in {str(path.parent)!r} cannot be resumed from it: "
+        "restore the file from a backup, or start a new run with another --out"
+    )
+
+
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint at ``path``, or a one-line :class:`ConfigError` naming it if it is not a whole checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError:
+        raise _damaged(path, "it is empty or cut short") from None
+    except Exception as error:  # truncated or foreign files fail in many ways (RuntimeError, UnpicklingError, ...)
+        raise _damaged(path, f"{type(error).__name__}: {error}") from None
+    if not isinstance(state, dict):
+        raise _damaged(path, f"it holds a {type(state).__name__}, not a checkpoint")
+    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise _damaged(path, "missing " + ", ".join(repr(key) for key in missing))
+    return state
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def _replace_synced(path: Path, write: Any) -> None:
+    """Write ``path`` through a temporary file, synced to disk, then ``os.replace`` (atomic)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    write(tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    _replace_synced(path, lambda tmp: torch.save(state, tmp))
+
+
+def _save_ledger(path: Path, ledger: PrivacyLedger) -> None:
+    _replace_synced(path, lambda tmp: tmp.write_text(json.dumps(ledger.state_dict()) + "\n"))
+
+
 def _check_out_dir(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any] | None:
+    """Refuse an output directory the run may not write (see the module docstring); with ``resume``, the
+    checkpoint to continue from (its config checked against ``cfg``). Reads only."""
+    if not cfg.out.strip():
+        raise ConfigError("--out is empty; name the run's output directory")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
     checkpoint = out / CHECKPOINT
     if resume:
         if not checkpoint.exists():
             raise ConfigError(f"--resume: no checkpoint {CHECKPOINT!r} in {str(out)!r} to resume from")
         state = _load_checkpoint(checkpoint)
-        saved = RunConfig.from_dict(state["config"])
+        try:
+            saved = RunConfig.from_dict(state["config"])
+        except (ConfigError, DpcalibError, TypeError) as error:
+            raise _damaged(checkpoint, f"its config: {error}") from None
         changed = saved.differences(cfg)
         if changed:
             raise ConfigError(
@@ -114,142 +188,217 @@ def _check_out_dir(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any] | 
                 f"(differs in: {', '.join(changed)}); nothing was changed"
             )
         return state
-    if checkpoint.exists() or (out / METRICS).exists():
+    if any((out / name).exists() for name in _RUN_FILES):
         raise ConfigError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
+    if out.is_dir() and any(entry.name != LOCK for entry in out.iterdir()):
+        raise ConfigError(f"--out {str(out)!r} is a non-empty directory holding no fltrain run; choose a new or "
+                          "empty directory")
     return None
 
 
-def _rewrite_metrics(path: Path, upto_round: int) -> None:
-    """Keep the metrics lines of rounds ≤ ``upto_round`` (a crash may have left a line past the checkpoint)."""
+def _lock(out: Path) -> int:
+    """Hold ``out/.fltrain.lock`` exclusively (released when the descriptor is closed, or the process ends)."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another fltrain run is writing {str(out)!r}; wait for it to end or choose another --out")
+    return fd
+
+
+def _open_out_dir(cfg: RunConfig, out: Path, resume: bool) -> tuple[int, dict[str, Any] | None]:
+    """Create ``out`` if needed, lock it and check it again under the lock (another run may have started since
+    the first check); a directory created here is removed again if the check fails."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = _lock(out)
+    except OSError as error:
+        raise ConfigError(f"--out {str(out)!r} cannot be created or locked: {error.strerror or error}") from None
+    try:
+        return fd, _check_out_dir(cfg, out, resume)
+    except BaseException:
+        if created and [entry.name for entry in out.iterdir()] == [LOCK]:  # still ours alone: leave no trace
+            (out / LOCK).unlink()
+            out.rmdir()
+        os.close(fd)
+        raise
+
+
+def _round_of(line: str) -> int | None:
+    """The round of a JSONL line, or None if it is not a whole record."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    round_index = row.get("round") if isinstance(row, dict) else None
+    return round_index if isinstance(round_index, int) and not isinstance(round_index, bool) else None
+
+
+def _rewrite_lines(path: Path, upto_round: int) -> None:
+    """Keep the JSONL lines of rounds ≤ ``upto_round`` (a crash may have left a line past the checkpoint, or the
+    start of one: a last line that is not a whole record is dropped; a damaged line before it is refused)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["round"] <= upto_round]
-    if len(kept) != len(lines):
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise _damaged(path, str(error)) from None
+    rounds = [_round_of(line) for line in lines]
+    if rounds and rounds[-1] is None:  # the start of a line that a crash cut short
+        lines, rounds = lines[:-1], rounds[:-1]
+        changed = True
+    else:
+        changed = False
+    for number, round_index in enumerate(rounds, 1):
+        if round_index is None:
+            raise _damaged(path, f"line {number} is not a JSON record with a 'round'")
+    kept = [line for line, round_index in zip(lines, rounds) if round_index <= upto_round]
+    if changed or len(kept) != len(lines):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
 
 
-def _aggregator(cfg: RunConfig, clients_per_round: int) -> Aggregator:
-    """Plain weighted mean, or the same under secure aggregation (the server then sees only the sum)."""
-    if not cfg.secure_agg:
-        return WeightedMean()
-    if clients_per_round < 2:
-        raise ConfigError(f"secure_agg needs at least 2 clients per round (the sum of one client is its update); "
-                          f"clients={cfg.clients} with client_fraction={cfg.client_fraction} gives {clients_per_round}")
-    return SecureWeightedMean()
+def _restore(mode: PrivacyMode, state: dict[str, Any], out: Path) -> None:
+    """The mode's checkpointed state; with secret noise the ledger continues from ``ledger.json`` when that has
+    charged more rounds (an interrupted round whose noise may have been drawn stays charged)."""
+    mode.load_state_dict(state["mode"])
+    journal = out / LEDGER
+    if mode.ledger is not None and mode.rng.secure and journal.exists():
+        try:
+            charged = PrivacyLedger.from_state_dict(mode.ledger.plan, json.loads(journal.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError, DpcalibError) as error:  # JSONDecodeError is a ValueError
+            raise _damaged(journal, f"{type(error).__name__}: {error}") from None
+        if charged.rounds > mode.ledger.rounds:
+            mode.ledger = charged
+
+
+def _checkpoint(cfg: RunConfig, round_index: int, elapsed: float, cpu_elapsed: float, server: FedAvgServer,
+                mode: PrivacyMode) -> dict[str, Any]:
+    return {"config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed,
+            "server": server.state_dict(), "mode": mode.state_dict()}
+
+
+def _check_secure_range(summer: Any, mode: PrivacyMode, cfg: RunConfig) -> None:
+    """Refuse, before anything is written, a client-level clip whose noisy messages the fixed-point encoding of
+    secure aggregation cannot hold (it failed in round 1 naming ``frac_bits``, a setting the user never set)."""
+    from .secagg.encoding import FixedPoint
+
+    bound = mode.secure_sum_range()
+    if bound is None:
+        return
+    try:
+        FixedPoint(bound, summer.frac_bits, max(2, round(cfg.clients_per_round)))
+    except DpcalibError:
+        raise ConfigError(
+            f"client.clip={cfg.client.clip:g} is too large for secure aggregation: a message coordinate (clip plus "
+            f"noise share, up to {bound:.3g}) summed over {round(cfg.clients_per_round)} clients at resolution "
+            f"2^-{summer.frac_bits} does not fit in 64 bits; use a smaller --clip"
+        ) from None
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = None) -> RunSummary:
     """Carry out (or, with ``resume``, continue) the run described by ``cfg``; see the module docstring."""
     progress = progress or Progress()
     out = Path(cfg.out)
-    state = _check_out_dir(cfg, out, resume)
-    sampler: ClientSampler = FractionSampler(cfg.client_fraction)
-    aggregator: Aggregator | None = None if cfg.dp == "client" else _aggregator(cfg, sampler.count(cfg.clients))
+    _check_out_dir(cfg, out, resume)  # refused before the data is loaded (reads only; checked again when locked)
     optimizer = make_server_optimizer(cfg.server_opt, lr=cfg.server_lr, momentum=cfg.server_momentum)
-    client_plan = None if cfg.dp != "client" else plan_client_dp(
-        num_clients=cfg.clients, expected_clients=cfg.clients_per_round, rounds=cfg.rounds, eps=cfg.eps,
-        delta=cfg.resolved_delta, sigma=cfg.sigma, adaptive=cfg.adaptive_clip, count_noise_std=cfg.count_noise_std,
-        accountant=cfg.accountant,
-    )
     torch.set_num_threads(cfg.threads)
 
     data = load_dataset(cfg.dataset, cfg.data_dir, train_samples=cfg.train_samples, test_samples=cfg.test_samples)
+    validation = None
+    if cfg.val_fraction:
+        data, validation = split_validation(data, cfg.val_fraction, cfg.seed)
     members = partition(data.y_train, scheme=cfg.partition, clients=cfg.clients, seed=cfg.seed,
                         shards_per_client=cfg.shards_per_client, alpha=cfg.alpha)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.resolved_model, data.input_shape, data.num_classes)
     layout = ParamLayout.of(model)
-    sizes = torch.tensor([len(m) for m in members])
+    mode = build_mode(cfg, dim=layout.size, train_records=len(data.y_train))
+    summer: Summer = plain_sum
+    if cfg.secure_agg:
+        from .secagg.aggregate import SecureSum  # needs the cryptography package
 
-    ledger = None
-    sigma = 0.0
-    if cfg.dp == "sample":
-        smallest = int(sizes.min())
-        if cfg.batch_size > smallest:
-            raise InvalidArgumentError("batch_size", cfg.batch_size, f"at most {smallest} (the smallest client's "
-                                       "record count), so that every Poisson rate q = batch_size/n_k is <= 1")
-        q = float(sampling_rates(sizes, cfg.batch_size).max())
-        plan = make_plan(eps=cfg.eps, delta=cfg.resolved_delta, q=q, steps_per_round=cfg.local_steps, rounds=cfg.rounds,
-                         accountant=cfg.accountant, sigma=cfg.sigma)
-        sigma = plan.sigma
-        ledger = PrivacyLedger(plan)
-    elif client_plan is not None:  # clients train without noise; the server clips, noises and accounts per round
-        sigma = client_plan.privacy.sigma
-        ledger = PrivacyLedger(client_plan.privacy)
-        sampler = PoissonClientSampler(client_plan.privacy.q)
-        dp_aggregator = SecureClientDPAggregator if cfg.secure_agg else ClientDPAggregator
-        aggregator = dp_aggregator.from_plan(client_plan, dim=layout.size, clip=cfg.clip,
-                                             target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)
-    sample_dp = cfg.dp == "sample"
-    local = LocalTraining(
-        local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-        clip=cfg.clip if sample_dp else None, noise_multiplier=sigma if sample_dp else 0.0,
-        parallel_clients=cfg.parallel_clients, max_physical_batch=cfg.max_physical_batch,
-    )
+        summer = SecureSum()
+        _check_secure_range(summer, mode, cfg)
+    local = LocalTraining(local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                          parallel_clients=cfg.parallel_clients, max_physical_batch=cfg.max_physical_batch)
     trainer = LocalTrainer(layout, make_engine(model, cfg.engine), data.x_train, data.y_train, members, local)
     initial = layout.flatten(dict(model.named_parameters())).detach()
-    server = FedAvgServer(initial, trainer, sampler=sampler, aggregator=aggregator, optimizer=optimizer)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    server = FedAvgServer(initial, trainer, mode, summer=summer, optimizer=optimizer)
+    plan = mode.plan
+    delta = plan.delta if plan is not None else None
+    sigma = plan.sigma if plan is not None else None
 
-    start_round, elapsed, cpu_elapsed = 0, 0.0, 0.0
-    if state is not None:
-        start_round, elapsed, cpu_elapsed = int(state["round"]), float(state["elapsed"]), float(state["cpu_elapsed"])
-        server.load_state_dict(state["server"])
-        generator.set_state(state["generator"])
-        if ledger is not None:
-            ledger = PrivacyLedger.from_state_dict(ledger.plan, state["ledger"])
-        if isinstance(aggregator, ClientDPAggregator):
-            aggregator.load_state_dict(state["aggregator"])
-        _rewrite_metrics(out / METRICS, start_round)
-    out.mkdir(parents=True, exist_ok=True)
+    fd, state = _open_out_dir(cfg, out, resume)  # created and locked only now, and checked again under the lock
+    try:
+        start_round, elapsed, cpu_elapsed = 0, 0.0, 0.0
+        if state is not None:
+            try:
+                start_round, elapsed = int(state["round"]), float(state["elapsed"])
+                cpu_elapsed = float(state["cpu_elapsed"])
+                server.load_state_dict(state["server"])
+                _restore(mode, state, out)
+            except (KeyError, TypeError, ValueError, RuntimeError, DpcalibError) as error:
+                raise _damaged(out / CHECKPOINT, f"{type(error).__name__}: {error}") from None
+            _rewrite_lines(out / METRICS, start_round)
+            _rewrite_lines(out / PRIVATE, start_round)
+        else:  # round 0: a run stopped anywhere in round 1 can be resumed (its ledger.json then charges round 1)
+            _save_checkpoint(out / CHECKPOINT, _checkpoint(cfg, 0, 0.0, 0.0, server, mode))
 
-    accuracy = None
-    stopped = False
-    completed = start_round
-    for round_index in range(start_round + 1, cfg.rounds + 1):
-        if ledger is not None and not ledger.can_afford_next_round():
-            stopped = True
-            break
-        began, began_cpu = time.perf_counter(), time.process_time()
-        progress.round_started(round_index, cfg.rounds, cfg.local_steps)
-        result = server.run_round(generator, progress.step, local_lr=cfg.lr * cfg.lr_decay ** (round_index - 1))
-        epsilon = ledger.charge_round() if ledger is not None else None
-        accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
-        seconds = time.perf_counter() - began
-        cpu_seconds = time.process_time() - began_cpu
-        cpu_elapsed += cpu_seconds
-        elapsed += seconds
-        metrics = {
-            "round": round_index, "train_loss": result.train_loss, "test_accuracy": accuracy,
-            "epsilon": epsilon, "delta": ledger.plan.delta if ledger is not None else None, "sigma": sigma,
-            "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "elapsed": round(elapsed, 3),
-            "clients": len(result.client_ids),
-        }
-        if isinstance(aggregator, ClientDPAggregator):
-            metrics.update(aggregator.last_release)
-        with open(out / METRICS, "a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
-        _save_checkpoint(out / CHECKPOINT, {
-            "config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed,
-            "server": server.state_dict(),
-            "generator": generator.get_state(), "ledger": ledger.state_dict() if ledger is not None else None,
-            "aggregator": aggregator.state_dict() if isinstance(aggregator, ClientDPAggregator) else None,
-        })
-        completed = round_index
-        progress.round_finished(metrics)
+        accuracy = None
+        stopped = False
+        completed = start_round
+        for round_index in range(start_round + 1, cfg.rounds + 1):
+            if not mode.can_afford_next_round():
+                stopped = True
+                break
+            began, began_cpu = time.perf_counter(), time.process_time()
+            progress.round_started(round_index, cfg.rounds, cfg.local_steps)
+            epsilon = mode.charge_round()  # before any noise of the round is drawn
+            if mode.ledger is not None:
+                _save_ledger(out / LEDGER, mode.ledger)
+            result = server.run_round(progress.step, local_lr=cfg.lr * cfg.lr_decay ** (round_index - 1))
+            private: dict[str, Any] = {"round": round_index, "clients": len(result.client_ids),
+                                       "train_loss": result.train_loss}
+            metrics: dict[str, Any] = {"round": round_index}
+            if validation is None:
+                accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
+                metrics["test_accuracy"] = accuracy
+            else:
+                private["val_accuracy"] = evaluate(model, layout, server.params, *validation)
+            seconds = time.perf_counter() - began
+            cpu_seconds = time.process_time() - began_cpu
+            cpu_elapsed += cpu_seconds
+            elapsed += seconds
+            metrics.update({
+                "epsilon": epsilon, "delta": delta, "sigma": sigma, "noise": mode.noise_label,
+                "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "elapsed": round(elapsed, 3),
+                **mode.release(),
+            })
+            _append(out / PRIVATE, private)
+            _append(out / METRICS, metrics)
+            _save_checkpoint(out / CHECKPOINT, _checkpoint(cfg, round_index, elapsed, cpu_elapsed, server, mode))
+            completed = round_index
+            progress.round_finished(metrics)
 
-    if accuracy is None:  # no round ran in this call (finished or budget-stopped run resumed)
-        accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
-    summary = RunSummary(
-        rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy,
-        epsilon=ledger.epsilon() if ledger is not None else None,
-        delta=ledger.plan.delta if ledger is not None else None,
-        sigma=sigma, seconds=round(elapsed, 3), cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped,
-        out=str(out),
-    )
-    (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")
-    return summary
+        if accuracy is None:  # the test set once (validation split), or no round ran in this call
+            accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
+        summary = RunSummary(
+            rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy, epsilon=mode.epsilon(),
+            delta=delta, sigma=sigma, noise=mode.noise_label, privacy=mode.describe(), seconds=round(elapsed, 3),
+            cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped, out=str(out),
+        )
+        (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        return summary
+    finally:
+        os.close(fd)  # releases the lock
+

@@ -25,7 +25,11 @@ def test_improved_bound_formula_and_classic():
     improved = r + math.log1p(-1 / a) - (math.log(d) + math.log(a)) / (a - 1)
     assert epsilon_bounds([a], [r], d)[0] == pytest.approx(improved, rel=1e-15)
     assert epsilon_bounds([a], [r], d, "classic")[0] == pytest.approx(r + math.log(1 / d) / (a - 1), rel=1e-15)
-    assert improved < r + math.log(1 / d) / (a - 1)
+    # the improved bound is below the classic one at every order (by log(α) / (α - 1) - log(1 - 1/α) > 0), as the
+    # code computes them, not as restated here
+    orders = np.array([1.01, 1.5, 2.0, 8.0, 64.0, 8192.0])
+    rdp = np.array([1e-3, 0.1, 0.5, 2.0, 30.0, 400.0])
+    assert np.all(epsilon_bounds(orders, rdp, d, kl=False) < epsilon_bounds(orders, rdp, d, "classic"))
 
 
 def test_delta_bound_inverts_epsilon_bound():
