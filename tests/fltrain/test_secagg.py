@@ -369,7 +369,8 @@ def test_wrong_unmasking_share_from_a_client_is_an_integrity_error(index, bits, 
         reply = c.unmask(requests[u])
         if u == 1:  # the lowest holder's share is always among those combined
             owner, share = reply.seed_shares[-1]
-            reply = dataclasses.replace(reply, seed_shares=reply.seed_shares[:-1] + ((owner, _flip(share, index, bits)),))
+            wrong = reply.seed_shares[:-1] + ((owner, _flip(share, index, bits)),)
+            reply = dataclasses.replace(reply, seed_shares=wrong)
             reply = reply.signed(rnd.signing_keys[1])
         rnd.server.receive(reply)
     with pytest.raises(IntegrityError, match=match):
