@@ -9,6 +9,9 @@
   sender and recipient; any change of ciphertext, nonce or context fails authentication (:class:`IntegrityError`).
 - PRG: AES-256-CTR keystream (NIST SP 800-38A) from a 32-byte seed, read as ring elements. Each seed keys
   exactly one stream, so the fixed all-zero counter block is never reused under one key.
+- Signatures: Ed25519 (RFC 8032), from each client's long-term identity key, whose public half the other parties
+  know from the PKI (Bonawitz et al., CCS 2017, §4, active-adversary variant). Every message a client sends is
+  signed, so the advertised keys and the survivor set it vouches for can be checked by everyone.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,10 +40,16 @@ __all__ = [
     "open_sealed",
     "expand_mask",
     "random_seed",
+    "SIGNATURE_BYTES",
+    "generate_signing_key",
+    "verifying_key",
+    "sign",
+    "verify",
 ]
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
+SIGNATURE_BYTES = 64
 
 
 def random_seed() -> bytes:
@@ -90,3 +100,30 @@ def expand_mask(seed: bytes, ring: Ring, dim: int) -> np.ndarray:
     """``dim`` pseudorandom elements of ``ring``: the AES-256-CTR keystream of key ``seed`` (counter from 0)."""
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
     return ring.from_stream(encryptor.update(bytes(dim * ring.width)), dim)
+
+
+def generate_signing_key() -> bytes:
+    """A fresh Ed25519 identity (signing) key, as its 32 raw bytes."""
+    return Ed25519PrivateKey.generate().private_bytes_raw()
+
+
+def verifying_key(signing_key: bytes) -> bytes:
+    """The 32-byte Ed25519 public key of a raw signing key (what the PKI publishes for the client)."""
+    return Ed25519PrivateKey.from_private_bytes(signing_key).public_key().public_bytes_raw()
+
+
+def sign(signing_key: bytes, message: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) of ``message``."""
+    return Ed25519PrivateKey.from_private_bytes(signing_key).sign(message)
+
+
+def verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of ``message`` under ``public``; a malformed key or
+    signature is simply invalid (``False``), never an exception."""
+    if len(public) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

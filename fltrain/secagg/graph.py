@@ -19,16 +19,18 @@ from collections.abc import Iterable, Mapping
 from dpcalib.errors import InvalidArgumentError
 from dpcalib import validation as check
 
+from .messages import MAX_ID
+
 __all__ = ["Graph", "complete_graph", "harary_graph", "secagg_plus_degree"]
 
 Graph = Mapping[int, frozenset[int]]
 
 
 def _check_ids(ids: Iterable[int]) -> list[int]:
-    out = sorted(set(ids))
-    if len(out) < 2 or any(not isinstance(i, int) or i < 1 for i in out):
-        raise InvalidArgumentError("client_ids", out, "at least 2 distinct integers >= 1")
-    return out
+    ids = list(ids)
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= MAX_ID for i in ids) or len(set(ids)) < 2:
+        raise InvalidArgumentError("client_ids", ids, "at least 2 distinct integers in [1, 2^32 - 1]")
+    return sorted(set(ids))
 
 
 def complete_graph(ids: Iterable[int]) -> dict[int, frozenset[int]]:

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 
 from dpcalib.errors import InvalidArgumentError
 
+from .errors import IntegrityError
+
 __all__ = ["PRIME", "SHARE_BYTES", "split", "combine"]
 
 PRIME = (1 << 521) - 1
@@ -49,18 +51,23 @@ def combine(shares: Mapping[int, bytes], threshold: int, secret_len: int) -> byt
     """Recover the secret from at least ``threshold`` shares ``{holder: share}`` (the first ``threshold`` ids in
     sorted order are used): ``f(0) = Σ_i y_i Π_{j≠i} x_j / (x_j - x_i)``.
 
-    With fewer than ``threshold`` shares this raises rather than return a wrong secret; with wrong shares the result
-    is wrong, which is why callers check it against a public commitment.
+    Raises:
+        InvalidArgumentError: fewer than ``threshold`` shares (the caller's mistake: it would give a wrong secret).
+        IntegrityError: a share that cannot be a share (not ``SHARE_BYTES`` long, or not a field element), or shares
+            that interpolate to a value longer than ``secret_len`` bytes — wrong shares, detected. Wrong shares that
+            pass these checks give a wrong secret, which is why callers also check it against a public commitment.
     """
     if len(shares) < threshold:
         raise InvalidArgumentError("shares", len(shares), f"at least threshold={threshold} shares")
     xs = tuple(sorted(shares)[:threshold])
+    if any(len(shares[x]) != SHARE_BYTES for x in xs):
+        raise IntegrityError(f"a Shamir share is not {SHARE_BYTES} bytes long")
     ys = [int.from_bytes(shares[x], "big") for x in xs]
     if any(y >= PRIME for y in ys):
-        raise InvalidArgumentError("shares", "value >= 2^521 - 1", "field elements")
+        raise IntegrityError("a Shamir share is not a field element (>= 2^521 - 1)")
     secret = sum(y * c for y, c in zip(ys, _lagrange_at_zero(xs))) % PRIME
     if secret >= 1 << (8 * secret_len):
-        raise InvalidArgumentError("shares", "inconsistent shares", f"a secret of {secret_len} bytes")
+        raise IntegrityError(f"Shamir shares are inconsistent: they do not interpolate to a {secret_len}-byte secret")
     return secret.to_bytes(secret_len, "big")
 
 
