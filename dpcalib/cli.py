@@ -421,7 +421,7 @@ def report(sigma_: float, q, steps, epochs, dataset_size, batch_size, deltas, fp
     if found.gdp_understates:
         at = ", ".join(f"{a:g}" for a in found.gdp_understates)
         lines.append(f"warning: the mu-GDP approximation understates the risk: its TPR is more than "
-                     f"{risk.GDP_TOLERANCE:.0%} below the PLD bound at FPR {at}; rely on the bound")
+                     f"{risk.GDP_TOLERANCE:.0%} below\n  the PLD bound at FPR {at}; rely on the bound")
     click.echo("\n".join(lines))
 
 

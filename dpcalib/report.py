@@ -7,8 +7,8 @@ and all pairs of neighbouring datasets, is the mechanism's *trade-off function* 
 differential privacy", f-DP); the attacker's TPR at FPR α is at most 1 − f(α).
 
 From the privacy profile to a trade-off curve. A mechanism that is (ε, δ(ε))-DP for every ε in a set E — both ways
-round, as add/remove neighbouring is symmetric — is f-DP with (Dong, Roth, Su 2022, Prop. 2.5 and 2.12; Kairouz,
-Oh, Viswanath 2015)
+round, as add/remove neighbouring is symmetric — is f-DP with (Dong, Roth, Su 2022, Sec. 2, the primal–dual view;
+Kairouz, Oh, Viswanath 2015)
 
     f(α) = sup_{ε ∈ E} max(0, 1 − δ(ε) − e^ε α, e^{−ε}(1 − δ(ε) − α)).
 
@@ -29,11 +29,11 @@ flags records at FPR α, on a population where a fraction π (the prior) are mem
 with probability at most π·β / (π·β + (1 − π)·α), β the TPR bound (the posterior probability of membership given a
 flag; it grows with β).
 
-μ-GDP approximation. The central limit theorem for composition (Dong, Roth, Su 2022, Thm. 3.4 and Cor. 5.4; Bu,
-Dong, Long, Su 2020) approximates T steps of the Poisson-subsampled Gaussian by μ-GDP with μ = q·√(T (e^{1/σ²} − 1)),
+μ-GDP approximation. The central limit theorem for composition (Dong, Roth, Su 2022, Sec. 3 and 5; Bu, Dong,
+Long, Su 2020) approximates T steps of the Poisson-subsampled Gaussian by μ-GDP with μ = q·√(T (e^{1/σ²} − 1)),
 and T Gaussian steps (q = 1) are exactly μ-GDP with μ = √T/σ; μ² adds over phases. The GDP trade-off is
 G_μ(α) = Φ(Φ⁻¹(1 − α) − μ), i.e. TPR = Φ(Φ⁻¹(α) + μ). It is an approximation, not a bound: for small T or large q it
-can report a smaller TPR than the certified bound (Gopi, Lee, Wutschitz 2021; Koskela et al. 2021), and the report
+can report a smaller TPR than the certified bound (Gopi, Lee, Wutschitz 2021), and the report
 says so when it does by more than :data:`GDP_TOLERANCE`.
 """
 
@@ -158,7 +158,7 @@ def gdp_mu(event: Event) -> float | None:
     """μ of the μ-GDP (central-limit) approximation of ``event``, or ``None`` for events it does not cover.
 
     μ² = Σ over leaves of count × (1/σ² for a Gaussian or q = 1, exact; q²(e^{1/σ²} − 1) for Poisson sampling, the
-    CLT of Dong, Roth, Su 2022, Cor. 5.4). Sampling without replacement is not covered.
+    CLT of Dong, Roth, Su 2022, Sec. 5). Sampling without replacement is not covered.
     """
     total = 0.0
     for leaf, count in leaf_counts(event).items():

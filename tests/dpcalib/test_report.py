@@ -1,6 +1,6 @@
 """dpcalib.report: the membership-inference risk of a run, checked against closed forms.
 
-q = 1: T Gaussian steps with noise multiplier σ are exactly μ-GDP with μ = √T/σ (Dong, Roth, Su 2022, Cor. 3.3), so
+q = 1: T Gaussian steps with noise multiplier σ are exactly μ-GDP with μ = √T/σ (GDP composes so; Dong, Roth, Su 2022), so
 the best test has TPR = Φ(Φ⁻¹(α) + μ) at FPR α and the largest advantage is 2Φ(μ/2) − 1. One subsampled step: the
 likelihood ratio is monotone in the output, so the Neyman–Pearson tests are thresholds, in closed form.
 """
