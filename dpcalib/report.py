@@ -111,8 +111,8 @@ class TradeOff:
 
 def _delta_at(accountant: Accountant, eps: float) -> float:
     """The accountant's δ(ε) upper bound; at ε = 0 the PLD accountant's bound is its PLD's (its ``delta`` wants ε > 0)."""
-    if eps == 0.0 and isinstance(accountant, PldAccountant):
-        return accountant.distribution().delta(0.0) if accountant.history else 0.0
+    if eps == 0.0 and isinstance(accountant, PldAccountant) and accountant.history:
+        return accountant.distribution().delta(0.0)
     return accountant.delta(eps)
 
 
@@ -129,7 +129,9 @@ def tradeoff(accountant: Accountant, fprs: Sequence[float] = DEFAULT_FPRS, point
     """
     points = check.count("points", points, minimum=2)
     fprs = [check.open_unit("fpr", a) for a in fprs]
-    top = min(accountant.epsilon(_DELTA_FLOOR), _EPS_CAP) if accountant.history else 0.0
+    if not accountant.history:
+        raise InvalidArgumentError("accountant", accountant, "an accountant with at least one composed event")
+    top = min(accountant.epsilon(_DELTA_FLOOR), _EPS_CAP)
     grid = np.linspace(0.0, top, points)
     found = dict(zip(grid.tolist(), privacy_profile(accountant, grid).tolist()))
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
@@ -241,8 +243,6 @@ def risk_report(
     deltas = [check.open_unit("delta", d) for d in deltas]
     fprs = [check.open_unit("fpr", a) for a in fprs]
     prior = check.open_unit("prior", prior)
-    if not acc.history:
-        raise InvalidArgumentError("source", source, "an event, or an accountant with at least one composed event")
     curve = tradeoff(acc, fprs)
     tprs = curve.tpr(fprs)
     mu = gdp_mu(_history_event(acc)) if acc.neighbouring is Neighbouring.ADD_REMOVE else None
