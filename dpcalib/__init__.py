@@ -58,6 +58,7 @@ from .events import (
 )
 from . import validation
 from .rdp import DEFAULT_ORDERS, gaussian_rdp, poisson_gaussian_rdp, without_replacement_gaussian_rdp
+from .report import AttackBound, RiskReport, TradeOff, gdp_mu, gdp_tpr, privacy_profile, risk_report, tradeoff
 
 __version__ = "0.1.0"
 
@@ -105,6 +106,15 @@ __all__ = [
     "rdp_to_delta",
     "optimise_epsilon",
     "optimise_delta",
+    # membership-inference risk (dpcalib.report)
+    "risk_report",
+    "RiskReport",
+    "AttackBound",
+    "TradeOff",
+    "tradeoff",
+    "privacy_profile",
+    "gdp_mu",
+    "gdp_tpr",
     # argument validation (for callers such as fltrain)
     "validation",
     # errors

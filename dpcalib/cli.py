@@ -31,6 +31,7 @@ from .accountant import ACCOUNTANTS, make_accountant
 from .calibrate import calibrate_sigma, calibrate_sigma_for, calibrate_steps, calibrate_steps_for
 from .errors import DpcalibError, DpcalibWarning, InvalidArgumentError, UnsupportedEventError
 from .events import Event, Sampler, shuffled_epochs, training_event
+from . import report as risk
 from . import validation as check
 
 __all__ = ["cli", "main", "run"]
@@ -525,6 +526,66 @@ def _plot(path: str, grid: list[int], table: dict[str, list[float]], sigma: floa
         raise click.BadParameter(f"cannot save the plot to {path!r}: {err}", param_hint="'--plot'") from None
     finally:
         plt.close(fig)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.option("--sigma", "sigma_", type=float, required=True, help="noise multiplier, in [1e-100, 1e6].")
+@_plan_options
+@click.option("--delta", "deltas", type=float, multiple=True, default=risk.DEFAULT_DELTAS, show_default=True,
+              help="a delta at which to state epsilon, in (0, 1); repeatable.")
+@click.option("--fpr", "fprs", type=float, multiple=True, default=risk.DEFAULT_FPRS, show_default=True,
+              help="an attacker false-positive rate at which to bound the true-positive rate, in (0, 1); repeatable.")
+@click.option("--prior", type=float, default=0.5, show_default=True,
+              help="the attacker's prior probability that a record is a member, in (0, 1).")
+@click.option("--accountant", type=click.Choice(sorted(ACCOUNTANTS)), default="pld", show_default=True,
+              help="privacy accountant (pld: the tight profile; rdp: a looser, still valid, bound).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False),
+              help="also save the trade-off curve against random guessing (needs matplotlib: extra 'plot').")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text.")
+def report(sigma_: float, q, steps, epochs, dataset_size, batch_size, sampler: str, deltas, fprs, prior: float,
+           accountant: str, plot_file: str | None, as_json: bool) -> None:
+    """A run's privacy guarantee read as membership-inference risk (see docs/report.md).
+
+    Epsilon at a few deltas; bounds on any attacker's true-positive rate (TPR) at given false-positive rates (FPR),
+    from the tight trade-off curve (f-DP) implied by the accountant's privacy profile; the largest advantage
+    TPR - FPR; the bound on P(member | flagged) for a prior; and the mu-GDP (central-limit) approximation, with a
+    warning where it understates the risk.
+
+    \b
+    Examples:
+      dpcalib report --sigma 1.022 --q 0.01 --steps 1000
+      dpcalib report --sigma 1.022 --q 0.01 --steps 1000 --prior 0.01 --json --plot report.png
+    """
+    plan = make_plan(q, steps, epochs, dataset_size, batch_size, sampler=sampler)
+    s = check.noise_multiplier("sigma", sigma_)
+    if plot_file is not None:
+        _check_writable("--plot", plot_file)
+    found = risk.risk_report(plan.event(s), accountant=accountant, deltas=deltas, fprs=fprs, prior=prior)
+    if plot_file is not None:
+        try:
+            risk.save_plot(found, plot_file, title=f"sigma = {s:g}, {_describe(plan)}")
+        except ImportError:
+            raise click.UsageError("--plot needs matplotlib: pip install 'dpcalib[plot]'") from None
+    if as_json:
+        click.echo(json.dumps({"sigma": s, **plan.as_dict(), **found.as_dict(), "version": __version__}))
+        return
+    lines = [f"sigma = {s:g}, {_describe(plan)}  ({accountant})",
+             "epsilon (upper bound): " + ", ".join(f"{e:.4g} at delta = {d:g}" for d, e in found.epsilons),
+             f"membership inference by any attacker, prior P(member) = {found.prior:g}:",
+             f"{'FPR':>10}{'TPR at most':>14}{'P(member | flagged) at most':>30}{'mu-GDP TPR':>13}"]
+    for a in found.attacks:
+        gdp = "-" if a.gdp_tpr is None else f"{a.gdp_tpr:.4g}"
+        lines.append(f"{a.fpr:>10g}{a.tpr:>14.4g}{a.posterior:>30.4g}{gdp:>13}")
+    lines.append(f"largest advantage TPR - FPR: at most {found.advantage:.4g}  (delta at epsilon = 0)")
+    if found.gdp_mu is None:
+        lines.append("mu-GDP approximation: not available for this event")
+    else:
+        lines.append(f"mu-GDP approximation: mu = {found.gdp_mu:.4g}")
+    if found.gdp_understates:
+        at = ", ".join(f"{a:g}" for a in found.gdp_understates)
+        lines.append(f"warning: the mu-GDP approximation understates the risk: its TPR is more than "
+                     f"{risk.GDP_TOLERANCE:.0%} below\n  the PLD bound at FPR {at}; rely on the bound")
+    click.echo("\n".join(lines))
 
 
 def run(argv: Sequence[str] | None = None) -> int:
