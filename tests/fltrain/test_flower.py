@@ -1,0 +1,221 @@
+"""fltrain on Flower, fast: the app directory and run config, the message records, and whole runs of the real
+ServerApp logic and ClientApp handlers over an in-process grid (faults, bad input, resume).  The tests that start
+real SuperLink/SuperNode processes are in test_flower_federation.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from flwr.app import Error, Message, MessageType, RecordDict  # noqa: E402
+
+from fltrain.config import ConfigError, RunConfig  # noqa: E402
+from fltrain.flower.appdir import (  # noqa: E402
+    CLIENT_APP, NOT_CARRIED, SERVER_APP, FlowerSettings, app_pyproject, flower_run_config, parse_run_config,
+)
+from fltrain.flower.records import (  # noqa: E402
+    RejectedReply, parse_train_reply, record_vector, train_reply_content, vector_record,
+)
+from fltrain.flower.server_app import serve  # noqa: E402
+from fltrain.run import CHECKPOINT  # noqa: E402
+
+from .flowergrid import FakeGrid, crash, nan_delta, silent, wrong_shape  # noqa: E402
+from .runs import metrics  # noqa: E402
+
+SMALL = {"dataset": "mnist", "train-samples": 900, "test-samples": 200, "clients": 3, "partition": "shards",
+         "shards-per-client": 2, "rounds": 2, "local-steps": 3, "batch-size": 30, "lr": 0.1, "model": "logreg",
+         "seed": 7, "dp": "none"}
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Flower stamps new messages with the run of the process; outside a Flower process, set one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+def _run_config(data_root, out, **overrides):
+    values = dict(SMALL, **{"data-dir": str(data_root), "out": str(out), "node-wait": 2.0, "round-timeout": 5.0})
+    values.update(overrides)
+    return flower_run_config(values)
+
+
+def _grid(data_root, run_config, nodes=3, faults=None, data_dirs=None):
+    configs = [{"partition-id": k, "num-partitions": run_config["clients"],
+                "data-dir": str((data_dirs or {}).get(k, data_root))} for k in range(nodes)]
+    return FakeGrid(configs, run_config, faults)
+
+
+def _serve(run_config, grid, say=None):
+    """Serve the run; ``say`` gets the server's log lines (a list collects them)."""
+    cfg, settings = parse_run_config(run_config)
+    if isinstance(say, list):
+        say = say.append
+    return serve(cfg, settings, grid, say=say or (lambda text: None))
+
+
+def test_only_fltrain_flower_imports_flwr():
+    code = ("import sys, dpcalib, fltrain.cli, fltrain.run, fltrain.flower.command, fltrain.flower.launcher; "
+            "print(sorted(m for m in sys.modules if m == 'flwr' or m.startswith('flwr.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_app_declares_every_carried_key_with_run_defaults():
+    project = tomllib.loads(app_pyproject())
+    assert project["tool"]["flwr"]["app"]["components"] == {"serverapp": SERVER_APP, "clientapp": CLIENT_APP}
+    declared = project["tool"]["flwr"]["app"]["config"]
+    for field in dataclasses.fields(RunConfig):
+        key = field.name.replace("_", "-")
+        if field.name in NOT_CARRIED:
+            assert key not in declared
+        else:
+            assert declared[key] == ("" if field.default is None else field.default), key
+    assert {"round-timeout", "node-wait", "resume"} <= set(declared)
+    # the declared defaults are a valid run: the defaults of RunConfig and FlowerSettings
+    assert parse_run_config(declared) == (RunConfig(), FlowerSettings())
+
+
+def test_run_config_round_trip_and_refusals():
+    values = dict(SMALL, sigma=1.5, **{"round_timeout": 30})
+    cfg, settings = parse_run_config(flower_run_config(values))
+    assert cfg == RunConfig.from_dict({k: v for k, v in values.items() if k != "round_timeout"})
+    assert settings.round_timeout == 30 and cfg.sigma == 1.5 and cfg.delta is None
+    assert "secure-agg" not in flower_run_config(dict(SMALL, **{"secure-agg": False}))
+    with pytest.raises(ConfigError, match="'secure-agg' is not carried on Flower"):
+        flower_run_config(dict(SMALL, **{"secure-agg": True}))
+    with pytest.raises(ConfigError, match="unknown config key 'bogus'"):
+        flower_run_config(dict(SMALL, bogus=1))
+    with pytest.raises(Exception, match="round_timeout"):
+        flower_run_config(dict(SMALL, **{"round-timeout": 0}))
+
+
+def test_records_round_trip_and_rejections():
+    vector = torch.randn(7)
+    assert torch.equal(record_vector(vector_record("v", vector), "v", 7), vector)
+    query = Message(RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN)
+    query.metadata.__dict__["_message_id"] = "m1"
+
+    def reply(delta, num_samples=10, loss=0.5):
+        return Message(train_reply_content(delta, num_samples, loss), reply_to=query)
+
+    good = parse_train_reply(reply(vector), 7)
+    assert torch.equal(good.delta, vector) and good.num_samples == 10 and good.train_loss == 0.5
+    bad = {"shape": reply(torch.zeros(6)), "non-finite": reply(torch.tensor([float("nan")] * 7)),
+           "num-samples": reply(vector, num_samples=0), "train-loss": reply(vector, loss=float("inf")),
+           "crashed": Message(Error(code=0, reason="Traceback ...\nValueError: crashed"), reply_to=query)}
+    for fragment, message in bad.items():
+        with pytest.raises(RejectedReply, match=fragment):
+            parse_train_reply(message, 7)
+
+
+def test_a_run_over_the_grid_writes_fltrain_run_files_and_learns(data_root, tmp_path):
+    out = tmp_path / "o"
+    run_config = _run_config(data_root, out, rounds=3, **{"local-steps": 10, "lr": 0.5})
+    lines: list[str] = []
+    summary = _serve(run_config, _grid(data_root, run_config), lines)
+    rows = metrics(out)
+    assert [row["round"] for row in rows] == [1, 2, 3] and [row["clients"] for row in rows] == [3, 3, 3]
+    for row in rows:
+        assert {"round", "train_loss", "test_accuracy", "epsilon", "delta", "sigma", "seconds", "cpu_seconds",
+                "elapsed", "clients"} <= set(row)
+        assert row["epsilon"] is None and row["sigma"] == 0.0
+    assert summary.rounds_completed == 3 and summary.test_accuracy == rows[-1]["test_accuracy"] > 0.3  # chance: 0.1
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 3
+    assert [line.split(":")[1] for line in lines if line.startswith("fltrain: round ")] == [
+        " round 1/3", " round 2/3", " round 3/3"]
+
+
+def test_faulty_nodes_are_dropped_with_a_log_line_and_the_round_goes_on(data_root, tmp_path):
+    run_config = _run_config(data_root, tmp_path / "o", clients=5, **{"shards-per-client": 1})
+    faults = {1000: nan_delta, 1001: wrong_shape, 1002: crash, 1003: silent}
+    lines: list[str] = []
+    summary = _serve(run_config, _grid(data_root, run_config, nodes=5, faults=faults), lines)
+    assert summary.rounds_completed == 2
+    assert [row["clients"] for row in metrics(tmp_path / "o")] == [1, 1]
+    for round_index in (1, 2):
+        dropped = [line for line in lines if line.startswith(f"fltrain: round {round_index}: client")]
+        assert len(dropped) == 4
+        assert "non-finite" in dropped[0] and "shape" in dropped[1] and "node crashed" in dropped[2]
+        assert "no reply" in dropped[3]
+    # the model moved by the one healthy client's update only, and is finite
+    params = torch.load(tmp_path / "o" / CHECKPOINT, weights_only=True)["server"]["params"]
+    assert bool(torch.isfinite(params).all())
+
+
+def test_all_replies_dropped_leaves_the_model_unchanged(data_root, tmp_path):
+    run_config = _run_config(data_root, tmp_path / "o", rounds=1)
+    grid = _grid(data_root, run_config, faults={1000: crash, 1001: silent, 1002: nan_delta})
+    summary = _serve(run_config, grid)
+    row = metrics(tmp_path / "o")[0]
+    assert row["clients"] == 0 and row["train_loss"] is None and summary.rounds_completed == 1
+    initial = grid.sent[-1].content["arrays"]["params"].numpy()
+    params = torch.load(tmp_path / "o" / CHECKPOINT, weights_only=True)["server"]["params"]
+    assert torch.equal(params, torch.from_numpy(initial))
+
+
+@pytest.mark.parametrize("problem,fragment", [
+    ("fewer nodes", r"only 2 SuperNode\(s\) connected within 2 s, but the plan has clients=3"),
+    ("missing data", "SuperNode 1001: .*mnist is not under data directory"),
+    ("partition twice", "partition.*held by several SuperNodes: \\[0\\]"),
+    ("wrong partition count", "num-partitions=4 but the run has clients=3"),
+])
+def test_bad_federations_are_refused_before_any_training(data_root, tmp_path, problem, fragment):
+    out = tmp_path / "o"
+    run_config = _run_config(data_root, out)
+    if problem == "fewer nodes":
+        grid = _grid(data_root, run_config, nodes=2)
+    elif problem == "missing data":
+        grid = _grid(data_root, run_config, data_dirs={1: tmp_path / "nowhere"})
+    else:
+        grid = _grid(data_root, run_config)
+        node = grid.contexts[1001].node_config
+        if problem == "partition twice":
+            node["partition-id"] = 0
+        else:
+            node["num-partitions"] = 4
+    with pytest.raises(ConfigError, match=fragment):
+        _serve(run_config, grid)
+    assert not any(m.metadata.message_type == MessageType.TRAIN for m in grid.sent)
+    assert not out.exists()
+
+
+def test_restarted_server_resumes_from_its_checkpoint(data_root, tmp_path):
+    out = tmp_path / "o"
+    run_config = _run_config(data_root, out, **{"server-momentum": 0.5})
+
+    def die_after_round_one(line: str) -> None:
+        if line.startswith("fltrain: round 1/2"):
+            raise KeyboardInterrupt  # the server dies after its round-1 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        _serve(run_config, _grid(data_root, run_config), die_after_round_one)
+    after_one = torch.load(out / CHECKPOINT, weights_only=True)
+    assert after_one["round"] == 1 and [row["round"] for row in metrics(out)] == [1]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        _serve(run_config, _grid(data_root, run_config))
+    changed = dict(run_config, lr=0.2, resume=True)
+    with pytest.raises(ConfigError, match="differs in: lr"):
+        _serve(changed, _grid(data_root, changed))
+    resumed = dict(run_config, resume=True)
+    grid = _grid(data_root, resumed)
+    lines: list[str] = []
+    summary = _serve(resumed, grid, lines)
+    assert summary.rounds_completed == 2 and [row["round"] for row in metrics(out)] == [1, 2]
+    assert "fltrain: resuming after round 1 of 2" in lines
+    trained = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert {m.content["config"]["round"] for m in trained} == {2}
+    # round 2 started from the checkpointed model
+    assert torch.equal(torch.from_numpy(trained[0].content["arrays"]["params"].numpy()),
+                       after_one["server"]["params"])
