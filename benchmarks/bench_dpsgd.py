@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from fltrain.client import LocalTrainer, LocalTraining
 from fltrain.dpsgd import make_engine, noisy_gradient
 from fltrain.models import ParamLayout, tanh_cnn
+from fltrain.randomness import SecureRandom
 
 CLIP, SIGMA, LR, MOMENTUM = 0.1, 1.0, 0.15, 0.9
 
@@ -44,11 +45,11 @@ def _fltrain_step(engine_name: str, x: torch.Tensor, y: torch.Tensor) -> Callabl
     index = torch.arange(batch).unsqueeze(0)
     weight = torch.ones(1, batch)
     denominator = torch.tensor([float(batch)])
-    gen = torch.Generator().manual_seed(0)
+    gen = SecureRandom()  # fltrain's DP noise source
 
     def step() -> None:
         grads, _ = noisy_gradient(engine, params, x, y, index, weight, clip=CLIP, noise_multiplier=SIGMA,
-                                  denominator=denominator, generator=gen, max_physical_batch=1024)
+                                  denominator=denominator, rng=gen, max_physical_batch=1024)
         for name, g in grads.items():
             velocity[name].mul_(MOMENTUM).add_(g)
             params[name].add_(velocity[name], alpha=-LR)
@@ -105,7 +106,7 @@ def _training(batch: int, clients: int, steps: int, parallel: int = 0) -> Callab
                          noise_multiplier=SIGMA, parallel_clients=parallel)
     trainer = LocalTrainer(layout, make_engine(model), x, y, members, plan)
     start = layout.flatten(dict(model.named_parameters())).detach()
-    gen = torch.Generator().manual_seed(0)
+    gen = SecureRandom()
     ids = torch.arange(clients)
     return lambda: trainer.train(start, ids, gen)
 

@@ -1,8 +1,11 @@
 """``fltrain run ...``: the command line of :func:`fltrain.run.run`.
 
-Every :class:`fltrain.config.RunConfig` field is an option (``batch_size`` → ``--batch-size``) with its default
-shown in ``--help``.  ``--config run.toml`` reads the same keys from a file; options given on the command line
-win over the file.  Bad input exits with status 2 and one line on stderr, before anything is written.
+Every general :class:`fltrain.config.RunConfig` field is an option (``batch_size`` → ``--batch-size``) with its
+default shown in ``--help``. The privacy flags (``--eps``, ``--delta``, ``--sigma``, ``--clip``, ``--accountant``)
+set the key of the selected mode's section (``--dp sample`` → ``[sample]``, ``--dp client`` → ``[client]``); the
+client-level flags set ``[client]`` keys. ``--config run.toml`` reads the same keys from a file (privacy settings
+in ``[sample]`` / ``[client]`` tables, or flat as before); options given on the command line win over the file.
+Bad input exits with status 2 and one line on stderr, before anything is written.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import click
 from dpcalib.errors import DpcalibError
 
 from .config import (
-    ACCOUNTANTS, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, SERVER_OPTIMIZERS, ConfigError, RunConfig, load_toml,
+    ACCOUNTANTS, CLIENT_SAMPLING, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, SERVER_OPTIMIZERS, ConfigError,
+    RunConfig, load_toml, nest,
 )
 from .data import DataUnavailableError
 from .flower.command import flower_command
@@ -30,53 +34,66 @@ _HELP = {
     "data_dir": "root directory of the datasets (downloaded there if absent and the network allows)",
     "train_samples": "use only the first N training records (0: all)",
     "test_samples": "use only the first N test records (0: all)",
+    "val_fraction": "carve this fraction of the training records off as a validation split (for choosing "
+                    "settings; the test set is then used once, at the end)",
     "clients": "number of clients the training set is partitioned among",
     "partition": "how records are dealt to clients: iid, shards (McMahan et al. 2017), dirichlet (label skew)",
     "shards_per_client": "label-sorted shards per client (--partition shards)",
     "alpha": "Dirichlet concentration (--partition dirichlet); small = more skew",
-    "client_fraction": "fraction of clients sampled each round",
+    "client_fraction": "fraction of clients per round (--dp client: the expected fraction)",
     "rounds": "federated rounds",
     "server_lr": "server learning rate applied to the aggregated delta",
     "server_momentum": "server momentum (FedAvgM); 0 = plain FedAvg",
     "server_opt": "server optimiser: sgd (FedAvg/FedAvgM with --server-momentum) or adam (FedAdam, Reddi et al. 2021)",
-    "expected_clients": "--dp client: expected clients per round m; each client joins with Poisson rate m/clients",
     "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn; auto picks by dataset",
     "local_steps": "local (DP-)SGD steps per client per round",
-    "batch_size": "expected local batch size B; client k samples records with Poisson rate B/n_k",
+    "batch_size": "expected local batch size B (--dp sample: the public divisor of every noisy sum)",
     "lr": "local learning rate (of round 1)",
     "lr_decay": "the local learning rate of round r is lr * lr_decay^(r-1)",
     "momentum": "local SGD momentum",
-    "clip": "clipping norm C: per sample (--dp sample) or per client update (--dp client; initial C if adaptive)",
     "dp": "privacy: sample (record-level DP-SGD), client (client-level DP-FedAvg), none",
-    "eps": "privacy budget epsilon (sigma is calibrated to it; with --sigma, training stops before exceeding it)",
-    "delta": "privacy parameter delta",
-    "sigma": "noise multiplier; default: calibrated by dpcalib to --eps/--delta over the planned run",
-    "accountant": "dpcalib accountant for calibration and the ledger",
-    "adaptive_clip": "--dp client: adapt C to a quantile of the update norms (Andrew et al. 2021), privately",
-    "target_quantile": "--adaptive-clip: target fraction of client updates left unclipped",
-    "clip_lr": "--adaptive-clip: geometric learning rate of C",
-    "count_noise_std": "--adaptive-clip: noise std of the private unclipped count (part of the same budget)",
-    "secure_agg": "aggregate the clients' updates with secure aggregation",
-    "seed": "seed of the partition, initialisation, sampling and noise",
-    "out": "output directory (metrics.jsonl, checkpoint.pt, summary.json)",
+    "secure_agg": "aggregate the clients' messages with secure aggregation (--dp client: the clients add the noise)",
+    "insecure_reproducible_noise": "draw DP noise and sampling from --seed: a SIMULATION without the guarantee "
+                                   "(labelled in every output)",
+    "seed": "seed of the partition, validation split, initialisation (never of DP noise or sampling)",
+    "out": "output directory (metrics.jsonl, private-diagnostics.jsonl, ledger.json, checkpoint.pt, summary.json)",
     "threads": "torch CPU threads",
     "engine": "per-sample gradient engine: layerwise (fast, closed form), vmap (torch.func), auto",
     "parallel_clients": "clients trained together as one vectorised program (0: as many as fill --max-physical-batch)",
     "max_physical_batch": "largest number of records processed at once (bounds memory)",
 }
 _CHOICES = {
-    "dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "dp": DP_MODES,
-    "accountant": ACCOUNTANTS, "engine": ENGINES, "server_opt": SERVER_OPTIMIZERS,
+    "dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "dp": DP_MODES, "engine": ENGINES,
+    "server_opt": SERVER_OPTIMIZERS,
 }
+_MODE_SECTIONS = ("sample", "client")
 
-
-#: how ``--help`` shows the default of the options whose default is "none given"
-_NONE_DEFAULT = {
-    "sigma": "calibrated",
-    "delta": "1e-5; 1/clients^1.1 with --dp client",
-    "expected_clients": "client-fraction x clients",
-    "count_noise_std": "expected clients / 20",
-}
+#: privacy flags: (flag, key in the section, type, help, shown default); the section is the selected mode's
+#: (``None``) or the named one
+_PRIVACY_FLAGS: list[tuple[str, str | None, Any, str, str]] = [
+    ("eps", None, float, "privacy budget epsilon of the selected mode (sigma is calibrated to it; with --sigma, "
+     "training stops before exceeding it)", "4"),
+    ("delta", None, float, "privacy parameter delta of the selected mode",
+     "1e-5; --dp client: 1/clients^1.1 if <= 1e-3, else required"),
+    ("sigma", None, float, "noise multiplier (noise std / clip) of the selected mode", "calibrated"),
+    ("clip", None, float, "clipping norm: per sample (--dp sample) or per client update (--dp client; initial C "
+     "if adaptive)", "0.1 (sample), 0.5 (client)"),
+    ("accountant", None, click.Choice(ACCOUNTANTS), "dpcalib accountant for calibration and the ledger", "rdp"),
+    ("q", "sample", float, "--dp sample: the public Poisson rate of every client's batches",
+     "batch-size x clients / training records"),
+    ("expected_clients", "client", float, "--dp client: clients per round m", "client-fraction x clients"),
+    ("client_sampling", "client", click.Choice(CLIENT_SAMPLING), "--dp client: poisson (rate m/clients), fixed "
+     "(exactly m), auto (fixed with --secure-agg)", "auto"),
+    ("adaptive_clip", "client", bool, "--dp client: adapt C to a quantile of the update norms (Andrew et al. 2021)",
+     "off"),
+    ("target_quantile", "client", float, "--adaptive-clip: target fraction of client updates left unclipped", "0.5"),
+    ("clip_lr", "client", float, "--adaptive-clip: geometric learning rate of C", "0.2"),
+    ("count_noise_std", "client", float, "--adaptive-clip: noise std of the private unclipped count (part of the "
+     "same budget)", "expected clients / 20"),
+    ("min_survivors", "client", int, "--dp client --secure-agg: t; each client adds 1/t of the noise variance and a "
+     "round with fewer survivors aborts", "floor(2m/3) + 1"),
+]
+_SECTION_KEY = {"client_sampling": "sampling"}
 
 
 def _option(field: dataclasses.Field) -> Any:
@@ -85,19 +102,47 @@ def _option(field: dataclasses.Field) -> Any:
     if field.type in ("bool", bool):
         return click.option(flag + "/--no-" + name.replace("_", "-"), name, default=field.default,
                             show_default=True, help=_HELP[name])
-    if name in _CHOICES:
-        kind: Any = click.Choice(_CHOICES[name])
-    elif field.default is None:
-        return click.option(flag, name, type=float, default=None, show_default=_NONE_DEFAULT[name], help=_HELP[name])
-    else:
-        kind = type(field.default)
+    kind: Any = click.Choice(_CHOICES[name]) if name in _CHOICES else type(field.default)
     return click.option(flag, name, type=kind, default=field.default, show_default=True, help=_HELP[name])
 
 
+def _privacy_option(flag: str, kind: Any, help_text: str, shown: str) -> Any:
+    dashed = "--" + flag.replace("_", "-")
+    if kind is bool:
+        return click.option(dashed + "/--no-" + flag.replace("_", "-"), flag, default=None, show_default=shown,
+                            help=help_text)
+    return click.option(dashed, flag, type=kind, default=None, show_default=shown, help=help_text)
+
+
 def _with_config_options(function: Any) -> Any:
+    for flag, _, kind, help_text, shown in reversed(_PRIVACY_FLAGS):
+        function = _privacy_option(flag, kind, help_text, shown)(function)
     for field in reversed(dataclasses.fields(RunConfig)):
-        function = _option(field)(function)
+        if field.name not in _MODE_SECTIONS:
+            function = _option(field)(function)
     return function
+
+
+def _merge(file_values: dict[str, Any], options: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """The config: the file's values (nested), overridden by the options given on the command line; a privacy flag
+    sets the key of its section (the selected mode's for the generic ones)."""
+    values = nest(file_values)
+    for name, value in options.items():
+        if name in given or (name not in values and name not in {f for f, *_ in _PRIVACY_FLAGS}):
+            values[name] = value
+    dp = values.get("dp", "sample")
+    for flag, section, *_ in _PRIVACY_FLAGS:
+        value = values.pop(flag, None)
+        if flag not in given:
+            continue
+        target = section or dp
+        if target != dp:
+            raise ConfigError(f"--{flag.replace('_', '-')} is a setting of --dp {section} ({section}."
+                              f"{_SECTION_KEY.get(flag, flag)}), not of --dp {dp}")
+        if target not in _MODE_SECTIONS:
+            raise ConfigError(f"--{flag.replace('_', '-')} is a privacy setting; --dp {dp} has none")
+        values[target] = {**values.get(target, {}), _SECTION_KEY.get(flag, flag): value}
+    return values
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -124,8 +169,8 @@ class _RoundBar:
     def round_finished(self, metrics: dict[str, Any]) -> None:
         self.bar.__exit__(None, None, None)
         click.echo(
-            f"round {metrics['round']}: train_loss {_number(metrics['train_loss'])}  "
-            f"test_accuracy {metrics['test_accuracy']:.4f}  epsilon {_number(metrics['epsilon'], 3)}  "
+            f"round {metrics['round']}: test_accuracy {_number(metrics.get('test_accuracy'))}  "
+            f"epsilon {_number(metrics['epsilon'], 3)}  "
             f"{metrics['seconds']:.1f}s",
             err=True,
         )
@@ -143,16 +188,12 @@ def cli() -> None:
               help="continue the run checkpointed in --out (the config must be the same)")
 @_with_config_options
 def run_command(config_file: str | None, resume: bool, **options: Any) -> None:
-    """Train a model with FedAvg, every client running DP-SGD; report ε spent round by round."""
+    """Train a model with FedAvg under record-level or client-level DP; report ε spent round by round."""
     from .run import run  # torch is imported only when a run starts
 
     ctx = click.get_current_context()
-    values: dict[str, Any] = dict(load_toml(config_file)) if config_file else {}
-    values = {key.replace("-", "_"): value for key, value in values.items()}
-    for name, value in options.items():
-        if name not in values or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
-            values[name] = value
-    values = {key: value for key, value in values.items() if not (key in _NONE_DEFAULT and value is None)}
+    given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    values = _merge(dict(load_toml(config_file)) if config_file else {}, options, given)
     cfg = RunConfig.from_dict(values)
     summary = run(cfg, resume=resume, progress=_RoundBar())
     click.echo(json.dumps(dataclasses.asdict(summary), indent=2))

@@ -14,6 +14,7 @@ import torch
 
 from .dpsgd import Engine, PoissonSampler, noisy_gradient
 from .models import ParamLayout
+from .randomness import RandomSource
 
 __all__ = ["LocalTraining", "ClientUpdates", "LocalTrainer"]
 
@@ -22,16 +23,20 @@ __all__ = ["LocalTraining", "ClientUpdates", "LocalTrainer"]
 class LocalTraining:
     """How every client trains locally.
 
-    ``clip=None`` and ``noise_multiplier=0`` give plain (non-private) SGD on Poisson batches, the loss averaged over
-    the realised batch; otherwise DP-SGD with the sum divided by the expected batch size.
+    ``clip=None`` and ``noise_multiplier=0`` give plain (non-private) SGD on Poisson batches of rate
+    ``min(1, batch_size / n_k)``, the loss averaged over the realised batch. Otherwise DP-SGD: every client samples
+    its records with the one public rate ``rate`` and divides the noisy sum by the public ``batch_size``, so that
+    neither the rate nor the divisor depends on a client's record count (record-level DP, see
+    :mod:`fltrain.privacy.record`).
     """
 
     local_steps: int
     batch_size: int
     lr: float
     momentum: float
-    clip: float | None
-    noise_multiplier: float
+    clip: float | None = None
+    noise_multiplier: float = 0.0
+    rate: float | None = None
     parallel_clients: int = 0
     max_physical_batch: int = 384
 
@@ -80,27 +85,32 @@ class LocalTrainer:
         self.x = x
         self.y = y
         self.members = members
-        self.plan = plan
         self.sizes = torch.tensor([len(m) for m in members])
-        self.rates = sampling_rates(self.sizes, plan.batch_size)
+        self.use(plan)
+
+    def use(self, plan: LocalTraining) -> None:
+        """Train with ``plan`` from now on (a privacy mode sets its clipping, noise and rate this way)."""
+        self.plan = plan
+        self.rates = sampling_rates(self.sizes, plan.batch_size) if plan.rate is None else torch.full(
+            (len(self.members),), float(plan.rate), dtype=torch.float64)
 
     def train(
         self,
         global_params: torch.Tensor,
         client_ids: torch.Tensor,
-        generator: torch.Generator,
+        rng: RandomSource,
         on_step: Callable[[int], None] | None = None,
         lr: float | None = None,
     ) -> ClientUpdates:
         """Train ``client_ids`` from the flat ``global_params`` (P,) with local learning rate ``lr`` (default: the
-        plan's); ``on_step(step)`` after each local step of the first group."""
+        plan's); ``on_step(step)`` after each local step of the first group. Batches and noise come from ``rng``."""
         # a Poisson-sampled round may have no client (client-level DP): then no delta and no loss
         deltas, losses = [global_params.new_zeros(0, global_params.numel())], [torch.zeros(0)]
         group = self.plan.group_size
         lr = self.plan.lr if lr is None else lr
         for start in range(0, len(client_ids), group):
             ids = client_ids[start : start + group]
-            delta, loss = self._train_group(global_params, ids, generator, lr, on_step if start == 0 else None)
+            delta, loss = self._train_group(global_params, ids, rng, lr, on_step if start == 0 else None)
             deltas.append(delta)
             losses.append(loss)
         return ClientUpdates(client_ids, torch.cat(deltas), self.sizes[client_ids], torch.cat(losses))
@@ -109,7 +119,7 @@ class LocalTrainer:
         self,
         global_params: torch.Tensor,
         ids: torch.Tensor,
-        generator: torch.Generator,
+        rng: RandomSource,
         lr: float,
         on_step: Callable[[int], None] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,11 +131,11 @@ class LocalTrainer:
         velocity_parts = self.layout.unflatten(velocity)
         rates = self.rates[ids]
         sampler = PoissonSampler([self.members[int(i)] for i in ids], rates)
-        expected = (rates * self.sizes[ids]).to(torch.float32)
+        denominator = torch.full((K,), float(plan.batch_size))
         loss_sum = torch.zeros(K)
         count_sum = torch.zeros(K)
         for step in range(plan.local_steps):
-            index, weight = sampler.sample(generator)
+            index, weight = sampler.sample(rng)
             counts = weight.sum(1)
             grads, loss = noisy_gradient(
                 self.engine,
@@ -136,8 +146,8 @@ class LocalTrainer:
                 weight,
                 clip=plan.clip,
                 noise_multiplier=plan.noise_multiplier,
-                denominator=expected if plan.private else counts.clamp_min(1.0),
-                generator=generator,
+                denominator=denominator if plan.private else counts.clamp_min(1.0),
+                rng=rng,
                 max_physical_batch=plan.max_physical_batch,
             )
             for name, g in grads.items():

@@ -112,6 +112,24 @@ def load_dataset(name: str, root: str | Path, *, train_samples: int = 0, test_sa
     return Dataset(name, x_train, y_train, x_test, y_test, num_classes=10)
 
 
+def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor]]:
+    """Carve a validation split of ``round(fraction · n)`` training records (a seeded uniform choice) off ``data``.
+
+    Returns the dataset without them and ``(x_val, y_val)``. The validation records are training data: an accuracy
+    measured on them is not a DP release (fltrain writes it to the private diagnostics), and choosing settings by it
+    spends privacy that no ledger accounts (see docs/fltrain.md, "Choosing settings").
+    """
+    n = len(data.y_train)
+    count = round(fraction * n)
+    if fraction and not 0 < count < n:
+        raise ConfigError(f"val_fraction={fraction} of {n} training records leaves {count} validation records; "
+                          "choose a fraction that keeps both splits non-empty")
+    order = torch.from_numpy(np.random.default_rng([seed, 1]).permutation(n))
+    val, keep = order[:count].sort().values, order[count:].sort().values
+    kept = Dataset(data.name, data.x_train[keep], data.y_train[keep], data.x_test, data.y_test, data.num_classes)
+    return kept, (data.x_train[val], data.y_train[val])
+
+
 def _check_clients(clients: int, n: int, pieces: int) -> None:
     if clients < 1:
         raise ConfigError(f"clients={clients} must be >= 1")

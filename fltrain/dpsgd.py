@@ -2,12 +2,14 @@
 
 One noisy gradient of client ``k`` is
 
-    g_k = ( Σ_{i ∈ batch_k} clip_C(∇ℓ(θ_k; x_i)) + N(0, σ²C² I) ) / (q_k · n_k)
+    g_k = ( Σ_{i ∈ batch_k} clip_C(∇ℓ(θ_k; x_i)) + N(0, σ²C² I) ) / B
 
 with ``clip_C(v) = v · min(1, C / ‖v‖₂)`` over *all* parameters of the model, the batch drawn by Poisson sampling
-(each of the client's ``n_k`` records independently with probability ``q_k``) and the sum divided by the *expected*
-batch size ``q_k n_k``, never the realised one (which would depend on the data).  This is exactly the mechanism
-the accountant charges: the Poisson-subsampled Gaussian with noise multiplier σ (Mironov, Talwar, Zhang 2019).
+(each of the client's records independently with probability ``q``) and the sum divided by a *public* constant
+``B`` (fltrain's record-level mode uses the configured batch size and one public ``q`` for every client), never by
+the realised batch size or the client's record count (which would depend on the data).  This is exactly the
+mechanism the accountant charges: the Poisson-subsampled Gaussian with noise multiplier σ (Mironov, Talwar,
+Zhang 2019).  The noise and the batches come from the caller's :class:`fltrain.randomness.RandomSource`.
 
 Several clients (``K``) are trained together: their parameters carry a leading client dimension and their
 batches are padded to a common size with a 0/1 weight per slot, so one tensor program serves all of them.
@@ -35,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+
+from .randomness import RandomSource
 
 __all__ = [
     "ClippedSum",
@@ -286,8 +290,8 @@ class PoissonSampler:
             torch.arange(width).unsqueeze(0) < sizes.unsqueeze(1), rounded.unsqueeze(1).to(torch.float32), -1.0
         )
 
-    def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        draws = torch.rand(self.index.shape, generator=generator)
+    def sample(self, rng: RandomSource) -> tuple[torch.Tensor, torch.Tensor]:
+        draws = rng.rand(self.index.shape)
         chosen = draws < self.thresholds
         counts = chosen.sum(1)
         width = int(counts.max())
@@ -307,11 +311,12 @@ def noisy_gradient(
     clip: float | None,
     noise_multiplier: float,
     denominator: torch.Tensor,
-    generator: torch.Generator,
+    rng: RandomSource,
     max_physical_batch: int,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The DP-SGD gradient of every client: clipped sum over micro-batches, plus N(0, (σC)²) noise on the sum,
-    divided by ``denominator`` (per client: the expected batch size ``q_k n_k``).
+    divided by ``denominator`` (per client; DP-SGD divides by a public constant, the expected batch size, so that
+    the division reveals nothing about the realised batch). The noise and nothing else comes from ``rng``.
 
     With ``clip=None`` (non-private training) nothing is clipped and ``noise_multiplier`` must be 0.
     Returns ``({name: (K, ...)} gradients, (K,) summed loss over the batch)``.
@@ -331,5 +336,5 @@ def noisy_gradient(
             raise ValueError("noise without clipping has no sensitivity to scale with")
         std = noise_multiplier * clip
         for name, g in total.items():
-            g += std * torch.randn(g.shape, generator=generator)
+            g += std * rng.randn(g.shape)
     return {n: g / denominator.view(K, *([1] * (g.ndim - 1))) for n, g in total.items()}, loss

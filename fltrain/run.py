@@ -1,16 +1,35 @@
 """One training run: set-up, rounds, evaluation, metrics (JSONL), checkpoints, resume, progress.
 
-Files in the output directory:
+The run knows no privacy mode: :func:`fltrain.privacy.build_mode` makes the mode object that owns the plan, the
+randomness, the cohort, the clients' and the server's steps and the ledger; :class:`fltrain.fedavg.FedAvgServer`
+runs its rounds. Files in the output directory:
 
-- ``metrics.jsonl``: one JSON object per round: ``round``, ``train_loss``, ``test_accuracy`` (a fraction),
-  ``epsilon`` (spent so far; ``null`` without DP), ``delta``, ``sigma``, ``seconds`` (this round, wall clock),
-  ``cpu_seconds`` (this round, CPU time of the process: comparable on a loaded machine), ``elapsed``,
-  ``clients`` (how many trained); with ``dp="client"`` also ``clip`` (the clip norm of the round), ``noise_std``
-  and, with adaptive clipping, ``noisy_fraction_unclipped`` (all DP releases; ``clients`` and ``train_loss`` are
-  server-side diagnostics, not differentially private);
+- ``metrics.jsonl`` (public): one JSON object per round holding only settings, DP releases and public-data
+  figures: ``round``, ``test_accuracy`` (a fraction, on the public test set; absent with ``val_fraction`` > 0, when
+  the test set is used once, at the end), ``epsilon`` (spent so far; ``null`` without DP), ``delta``, ``sigma``,
+  ``noise`` (``"secure"``, ``"insecure-reproducible"``: a simulation without the guarantee, or ``"none"``),
+  ``seconds`` (this round, wall clock), ``cpu_seconds`` (CPU time of the process), ``elapsed``, and the mode's
+  releases (client level: ``clip``, ``noise_std`` and, with adaptive clipping, ``noisy_fraction_unclipped``);
+- ``private-diagnostics.jsonl`` (PRIVATE, never to be published): per round the number of clients that trained
+  (``clients``: private with a Poisson cohort), the record-weighted training loss (``train_loss``, un-noised) and,
+  with a validation split, ``val_accuracy`` (measured on training records). In a deployment these figures would
+  stay on the clients; the in-process simulation writes them for its operator;
+- ``ledger.json`` (public): the privacy ledger, written *before* each round's noise is drawn (see below);
 - ``checkpoint.pt``: written atomically (temporary file + ``os.replace``) after every round: the config, the
-  global parameters and server optimiser, the RNG state, the privacy ledger, the clipping state of client-level DP;
-- ``summary.json``: written at the end.
+  global parameters and server optimiser, the mode's state (ledger, clip norm) and, only with
+  ``insecure_reproducible_noise``, the generator state. It holds nothing from which the DP noise could be
+  regenerated: the secret source's key never leaves memory;
+- ``summary.json`` (public): written at the end: accuracy, ε, δ, σ, the mode's description (guarantee and
+  neighbouring relation, plan, noise source), timings.
+
+**The ledger is never under-counted.** With secret noise, a round interrupted after its noise was drawn may
+already have released something (its metrics line); resuming from the previous checkpoint re-runs that round with
+fresh noise, a second, independent release. So every round is charged and ``ledger.json`` written (and synced)
+before its noise is drawn, and a resumed run continues from ``ledger.json``: the interrupted round stays charged
+and its re-run is charged again. With ``insecure_reproducible_noise`` a re-run round draws exactly the noise of the
+interrupted one (the generator state is checkpointed), the same release, so the ledger of the checkpoint is used
+and a resumed run equals the uninterrupted one bit for bit. Everything the seed controls (partition, validation
+split, initialisation) is recomputed from the config on resume.
 
 Everything that can be refused (config, data, partition, calibration, an existing or mismatched run) is checked
 before the first byte is written.
@@ -26,24 +45,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dpcalib.errors import InvalidArgumentError
 from torch.func import functional_call
 
-from .client import LocalTrainer, LocalTraining, sampling_rates
-from .clientdp import ClientDPAggregator, PoissonClientSampler, plan_client_dp
+from .client import LocalTrainer, LocalTraining
 from .config import ConfigError, RunConfig
-from .data import load_dataset, partition
+from .data import load_dataset, partition, split_validation
 from .dpsgd import make_engine
-from .fedavg import Aggregator, ClientSampler, FedAvgServer, FractionSampler, WeightedMean
+from .fedavg import FedAvgServer, Summer, plain_sum
 from .models import ParamLayout, build_model
-from .privacy import PrivacyLedger, make_plan
-from .secagg.aggregate import SecureClientDPAggregator, SecureWeightedMean
+from .privacy import PrivacyLedger, PrivacyMode, build_mode
 from .serveropt import make_server_optimizer
 
-__all__ = ["Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "SUMMARY"]
+__all__ = ["Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "PRIVATE", "LEDGER", "SUMMARY"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+PRIVATE = "private-diagnostics.jsonl"
+LEDGER = "ledger.json"
 SUMMARY = "summary.json"
 
 
@@ -62,14 +80,16 @@ class Progress:
 
 @dataclass
 class RunSummary:
-    """The outcome of a run."""
+    """The outcome of a run (all public: see the module docstring)."""
 
     rounds_completed: int
     rounds_planned: int
     test_accuracy: float
     epsilon: float | None
     delta: float | None
-    sigma: float
+    sigma: float | None
+    noise: str
+    privacy: dict[str, Any]
     seconds: float
     cpu_seconds: float
     stopped_by_budget: bool
@@ -92,12 +112,21 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def _replace_synced(path: Path, write: Any) -> None:
+    """Write ``path`` through a temporary file, synced to disk, then ``os.replace`` (atomic)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    write(tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    _replace_synced(path, lambda tmp: torch.save(state, tmp))
+
+
+def _save_ledger(path: Path, ledger: PrivacyLedger) -> None:
+    _replace_synced(path, lambda tmp: tmp.write_text(json.dumps(ledger.state_dict()) + "\n"))
 
 
 def _check_out_dir(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any] | None:
@@ -119,8 +148,8 @@ def _check_out_dir(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any] | 
     return None
 
 
-def _rewrite_metrics(path: Path, upto_round: int) -> None:
-    """Keep the metrics lines of rounds ≤ ``upto_round`` (a crash may have left a line past the checkpoint)."""
+def _rewrite_lines(path: Path, upto_round: int) -> None:
+    """Keep the JSONL lines of rounds ≤ ``upto_round`` (a crash may have left a line past the checkpoint)."""
     if not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -131,14 +160,20 @@ def _rewrite_metrics(path: Path, upto_round: int) -> None:
         os.replace(tmp, path)
 
 
-def _aggregator(cfg: RunConfig, clients_per_round: int) -> Aggregator:
-    """Plain weighted mean, or the same under secure aggregation (the server then sees only the sum)."""
-    if not cfg.secure_agg:
-        return WeightedMean()
-    if clients_per_round < 2:
-        raise ConfigError(f"secure_agg needs at least 2 clients per round (the sum of one client is its update); "
-                          f"clients={cfg.clients} with client_fraction={cfg.client_fraction} gives {clients_per_round}")
-    return SecureWeightedMean()
+def _restore(mode: PrivacyMode, state: dict[str, Any], out: Path) -> None:
+    """The mode's checkpointed state; with secret noise the ledger continues from ``ledger.json`` when that has
+    charged more rounds (an interrupted round whose noise may have been drawn stays charged)."""
+    mode.load_state_dict(state["mode"])
+    journal = out / LEDGER
+    if mode.ledger is not None and mode.rng.secure and journal.exists():
+        charged = PrivacyLedger.from_state_dict(mode.ledger.plan, json.loads(journal.read_text()))
+        if charged.rounds > mode.ledger.rounds:
+            mode.ledger = charged
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = None) -> RunSummary:
@@ -146,110 +181,88 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     progress = progress or Progress()
     out = Path(cfg.out)
     state = _check_out_dir(cfg, out, resume)
-    sampler: ClientSampler = FractionSampler(cfg.client_fraction)
-    aggregator: Aggregator | None = None if cfg.dp == "client" else _aggregator(cfg, sampler.count(cfg.clients))
     optimizer = make_server_optimizer(cfg.server_opt, lr=cfg.server_lr, momentum=cfg.server_momentum)
-    client_plan = None if cfg.dp != "client" else plan_client_dp(
-        num_clients=cfg.clients, expected_clients=cfg.clients_per_round, rounds=cfg.rounds, eps=cfg.eps,
-        delta=cfg.resolved_delta, sigma=cfg.sigma, adaptive=cfg.adaptive_clip, count_noise_std=cfg.count_noise_std,
-        accountant=cfg.accountant,
-    )
     torch.set_num_threads(cfg.threads)
 
     data = load_dataset(cfg.dataset, cfg.data_dir, train_samples=cfg.train_samples, test_samples=cfg.test_samples)
+    validation = None
+    if cfg.val_fraction:
+        data, validation = split_validation(data, cfg.val_fraction, cfg.seed)
     members = partition(data.y_train, scheme=cfg.partition, clients=cfg.clients, seed=cfg.seed,
                         shards_per_client=cfg.shards_per_client, alpha=cfg.alpha)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.resolved_model, data.input_shape, data.num_classes)
     layout = ParamLayout.of(model)
-    sizes = torch.tensor([len(m) for m in members])
+    mode = build_mode(cfg, dim=layout.size, train_records=len(data.y_train))
+    summer: Summer = plain_sum
+    if cfg.secure_agg:
+        from .secagg.aggregate import SecureSum  # needs the cryptography package
 
-    ledger = None
-    sigma = 0.0
-    if cfg.dp == "sample":
-        smallest = int(sizes.min())
-        if cfg.batch_size > smallest:
-            raise InvalidArgumentError("batch_size", cfg.batch_size, f"at most {smallest} (the smallest client's "
-                                       "record count), so that every Poisson rate q = batch_size/n_k is <= 1")
-        q = float(sampling_rates(sizes, cfg.batch_size).max())
-        plan = make_plan(eps=cfg.eps, delta=cfg.resolved_delta, q=q, steps_per_round=cfg.local_steps, rounds=cfg.rounds,
-                         accountant=cfg.accountant, sigma=cfg.sigma)
-        sigma = plan.sigma
-        ledger = PrivacyLedger(plan)
-    elif client_plan is not None:  # clients train without noise; the server clips, noises and accounts per round
-        sigma = client_plan.privacy.sigma
-        ledger = PrivacyLedger(client_plan.privacy)
-        sampler = PoissonClientSampler(client_plan.privacy.q)
-        dp_aggregator = SecureClientDPAggregator if cfg.secure_agg else ClientDPAggregator
-        aggregator = dp_aggregator.from_plan(client_plan, dim=layout.size, clip=cfg.clip,
-                                             target_quantile=cfg.target_quantile, clip_lr=cfg.clip_lr)
-    sample_dp = cfg.dp == "sample"
-    local = LocalTraining(
-        local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-        clip=cfg.clip if sample_dp else None, noise_multiplier=sigma if sample_dp else 0.0,
-        parallel_clients=cfg.parallel_clients, max_physical_batch=cfg.max_physical_batch,
-    )
+        summer = SecureSum()
+    local = LocalTraining(local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                          parallel_clients=cfg.parallel_clients, max_physical_batch=cfg.max_physical_batch)
     trainer = LocalTrainer(layout, make_engine(model, cfg.engine), data.x_train, data.y_train, members, local)
     initial = layout.flatten(dict(model.named_parameters())).detach()
-    server = FedAvgServer(initial, trainer, sampler=sampler, aggregator=aggregator, optimizer=optimizer)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    server = FedAvgServer(initial, trainer, mode, summer=summer, optimizer=optimizer)
+    plan = mode.plan
+    delta = plan.delta if plan is not None else None
+    sigma = plan.sigma if plan is not None else None
 
     start_round, elapsed, cpu_elapsed = 0, 0.0, 0.0
     if state is not None:
         start_round, elapsed, cpu_elapsed = int(state["round"]), float(state["elapsed"]), float(state["cpu_elapsed"])
         server.load_state_dict(state["server"])
-        generator.set_state(state["generator"])
-        if ledger is not None:
-            ledger = PrivacyLedger.from_state_dict(ledger.plan, state["ledger"])
-        if isinstance(aggregator, ClientDPAggregator):
-            aggregator.load_state_dict(state["aggregator"])
-        _rewrite_metrics(out / METRICS, start_round)
+        _restore(mode, state, out)
+        _rewrite_lines(out / METRICS, start_round)
+        _rewrite_lines(out / PRIVATE, start_round)
     out.mkdir(parents=True, exist_ok=True)
 
     accuracy = None
     stopped = False
     completed = start_round
     for round_index in range(start_round + 1, cfg.rounds + 1):
-        if ledger is not None and not ledger.can_afford_next_round():
+        if not mode.can_afford_next_round():
             stopped = True
             break
         began, began_cpu = time.perf_counter(), time.process_time()
         progress.round_started(round_index, cfg.rounds, cfg.local_steps)
-        result = server.run_round(generator, progress.step, local_lr=cfg.lr * cfg.lr_decay ** (round_index - 1))
-        epsilon = ledger.charge_round() if ledger is not None else None
-        accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
+        epsilon = mode.charge_round()  # before any noise of the round is drawn
+        if mode.ledger is not None:
+            _save_ledger(out / LEDGER, mode.ledger)
+        result = server.run_round(progress.step, local_lr=cfg.lr * cfg.lr_decay ** (round_index - 1))
+        private: dict[str, Any] = {"round": round_index, "clients": len(result.client_ids),
+                                   "train_loss": result.train_loss}
+        metrics: dict[str, Any] = {"round": round_index}
+        if validation is None:
+            accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
+            metrics["test_accuracy"] = accuracy
+        else:
+            private["val_accuracy"] = evaluate(model, layout, server.params, *validation)
         seconds = time.perf_counter() - began
         cpu_seconds = time.process_time() - began_cpu
         cpu_elapsed += cpu_seconds
         elapsed += seconds
-        metrics = {
-            "round": round_index, "train_loss": result.train_loss, "test_accuracy": accuracy,
-            "epsilon": epsilon, "delta": ledger.plan.delta if ledger is not None else None, "sigma": sigma,
+        metrics.update({
+            "epsilon": epsilon, "delta": delta, "sigma": sigma, "noise": mode.noise_label,
             "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "elapsed": round(elapsed, 3),
-            "clients": len(result.client_ids),
-        }
-        if isinstance(aggregator, ClientDPAggregator):
-            metrics.update(aggregator.last_release)
-        with open(out / METRICS, "a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
+            **mode.release(),
+        })
+        _append(out / PRIVATE, private)
+        _append(out / METRICS, metrics)
         _save_checkpoint(out / CHECKPOINT, {
             "config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed,
-            "server": server.state_dict(),
-            "generator": generator.get_state(), "ledger": ledger.state_dict() if ledger is not None else None,
-            "aggregator": aggregator.state_dict() if isinstance(aggregator, ClientDPAggregator) else None,
+            "server": server.state_dict(), "mode": mode.state_dict(),
         })
         completed = round_index
         progress.round_finished(metrics)
 
-    if accuracy is None:  # no round ran in this call (finished or budget-stopped run resumed)
+    if accuracy is None:  # the test set once (validation split), or no round ran in this call
         accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
     summary = RunSummary(
-        rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy,
-        epsilon=ledger.epsilon() if ledger is not None else None,
-        delta=ledger.plan.delta if ledger is not None else None,
-        sigma=sigma, seconds=round(elapsed, 3), cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped,
-        out=str(out),
+        rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy, epsilon=mode.epsilon(),
+        delta=delta, sigma=sigma, noise=mode.noise_label, privacy=mode.describe(), seconds=round(elapsed, 3),
+        cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped, out=str(out),
     )
     (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary

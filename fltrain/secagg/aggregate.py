@@ -1,35 +1,27 @@
-"""Secure aggregation as FedAvg's aggregation step: the server obtains the (weighted) sum of the round's client
-deltas through :func:`run_secure_aggregation`, never a single delta.
+"""Secure aggregation as FedAvg's summing step: the server obtains the sum of the round's client messages through
+:func:`run_secure_aggregation`, never a single message.
 
-Two modes:
-
-- sample-level DP (:class:`SecureWeightedMean`): each client masks ``w_k Δ_k``, its DP-SGD delta weighted by
-  ``n_k / Σ n_j``; the accounting is unchanged (the noise is in each client's DP-SGD);
-- client-level DP (:class:`SecureClientDPAggregator`): *distributed* DP. Each client clips its delta to ``C`` and
-  adds its share of the noise, ``N(0, (z_Δ·C)²/t)``, before masking, where ``t = ⌊2K/3⌋ + 1`` is the round's
-  ``min_survivors``: a round that completes has at least ``t`` survivors (fewer abort), so the sum carries noise
-  of variance at least ``(z_Δ·C)²`` — the calibrated noise — whatever the dropouts, and also if up to ``K − t`` of
-  the ``K`` clients skip their share. With every client present the variance is ``K/t ≈ 1.5`` times the
-  calibrated one: the price of that conservatism. The count of adaptive clipping travels as one more
-  coordinate with noise ``N(0, σ_b²/t)`` per client.
+What a client masks is its privacy mode's message (:meth:`fltrain.privacy.PrivacyMode.client_message`): with
+record-level DP its DP-SGD delta divided by the public cohort size; with client-level DP its clipped delta (and
+clipping bit) plus its share of the noise (distributed DP, see :mod:`fltrain.privacy.clientlevel`); without DP its
+delta weighted by its share of the cohort's records. The mode also sets the fixed-point range of its messages and
+``min_survivors``, the fewest inputs a completed round's sum may cover (fewer abort: the sum is not released).
 
 Each round's clients run one protocol session (fresh keys), ids ``1..K`` in the order of the round. With at most
 ``sparse_above`` clients the graph is complete (SecAgg); above, a random Harary graph of degree
-:func:`secagg_plus_degree` (SecAgg+). The threshold is ``⌊2·holders/3⌋ + 1`` (a third of a neighbourhood may drop)
-and a round of K clients aborts with fewer than ``⌊2K/3⌋ + 1`` masked inputs.
+:func:`secagg_plus_degree` (SecAgg+). The Shamir threshold is ``⌊2·holders/3⌋ + 1`` (a third of a neighbourhood may
+drop).
 
 Fixed point: coordinates in ``[-coordinate_range, coordinate_range]`` with ``frac_bits`` fractional bits; the
 decoded sum of K vectors is within ``K·2^-(frac_bits+1)`` of the float sum (:mod:`.encoding`). A coordinate outside
 the range would be clipped by its client; the client warns (:class:`SecAggRangeWarning`) — in a deployment it
 could only tell its operator, since telling the server would leak. The protocol's own randomness (keys, seeds)
-comes from the OS CSPRNG, never from the training generator: the decoded sum is exact ring arithmetic, so runs
-stay reproducible from their seed.
+comes from the OS CSPRNG; the decoded sum is exact ring arithmetic.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import warnings
 from dataclasses import dataclass
@@ -39,14 +31,13 @@ import torch
 
 from dpcalib.errors import InvalidArgumentError
 
-from ..clientdp import ClientDPAggregator
-from ..fedavg import fedavg_weights
+from ..privacy.mode import PrivacyMode
 from .encoding import FixedPoint
 from .graph import complete_graph, harary_graph, secagg_plus_degree
 from .protocol import SecAggParams, run_secure_aggregation
 from dpcalib import validation as check
 
-__all__ = ["SecAggRangeWarning", "SecureSum", "SecureWeightedMean", "SecureClientDPAggregator"]
+__all__ = ["SecAggRangeWarning", "SecureSum"]
 
 
 class SecAggRangeWarning(UserWarning):
@@ -84,13 +75,9 @@ class SecureSum:
         holders = k if k <= self.sparse_above else secagg_plus_degree(k) + 1
         return 2 * holders // 3 + 1
 
-    @staticmethod
-    def min_survivors(k: int) -> int:
-        """``⌊2k/3⌋ + 1``: a round of ``k`` clients whose sum covers fewer inputs aborts (whatever the graph)."""
-        return 2 * k // 3 + 1
-
-    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
-        """The sum over rows of ``vectors`` (K, P), K ≥ 2, computed by the protocol; float64 (P,)."""
+    def sum(self, vectors: torch.Tensor, *, min_survivors: int | None = None) -> torch.Tensor:
+        """The sum over rows of ``vectors`` (K, P), K ≥ 2, computed by the protocol; float64 (P,). A round whose
+        sum would cover fewer than ``min_survivors`` inputs (default ``⌊2K/3⌋ + 1``) aborts."""
         k = vectors.shape[0]
         if k < 2:
             raise InvalidArgumentError("clients", k, "at least 2 per round with secure aggregation (the sum of "
@@ -101,61 +88,13 @@ class SecureSum:
             warnings.warn(f"{outside} coordinates outside ±{self.coordinate_range} were clipped before secure "
                           "aggregation", SecAggRangeWarning, stacklevel=2)
         params = SecAggParams(data.shape[1], FixedPoint(self.coordinate_range, self.frac_bits, k),
-                              threshold=self.threshold(k), min_survivors=self.min_survivors(k))
+                              threshold=self.threshold(k),
+                              min_survivors=2 * k // 3 + 1 if min_survivors is None else min_survivors)
         result, _ = run_secure_aggregation({u: data[u - 1] for u in range(1, k + 1)}, params, graph=self._graph(k))
         return torch.from_numpy(result.total)
 
-
-@dataclass(frozen=True)
-class SecureWeightedMean:
-    """FedAvg's weighted mean ``Σ_k w_k Δ_k``, ``w_k = n_k / Σ_j n_j`` (the weights are known to the server, as in
-    plain FedAvg), with the sum computed under secure aggregation: each client masks ``w_k Δ_k``."""
-
-    secure_sum: SecureSum = SecureSum()
-
-    def aggregate(self, updates, generator: torch.Generator) -> torch.Tensor:
-        """Implements :class:`fltrain.fedavg.Aggregator`."""
-        weights = fedavg_weights(updates.num_samples, torch.float64)
-        return self.secure_sum(weights.unsqueeze(1) * updates.deltas.to(torch.float64)).to(updates.deltas.dtype)
-
-
-#: Noise shares are clipped at this many standard deviations by the fixed-point range (probability ~1e-15 each).
-NOISE_RANGE_SIGMAS = 8.0
-
-
-class SecureClientDPAggregator(ClientDPAggregator):
-    """Client-level DP-FedAvg (McMahan et al. 2018) with distributed noise under secure aggregation.
-
-    The same releases as :class:`fltrain.clientdp.ClientDPAggregator` (noisy sum / expected clients, noisy count
-    for adaptive clipping, same accounting), but the clipping and the noise happen on the clients and the server
-    sees only the masked sum (see the module docstring for the noise shares). Rounds with one sampled client send
-    that client's vector with the full noise (``t = 1``: it is the DP release itself); rounds with none let the
-    server add the noise, as there is nothing to hide from it. A round that aborts (fewer than ``t`` survivors)
-    raises :class:`fltrain.secagg.TooFewClientsError` and releases nothing.
-
-    The fixed-point range of a round is ``max(C, 1/2) + NOISE_RANGE_SIGMAS · (largest per-client noise std)``.
-    """
-
-    def __init__(self, *, secure_sum: SecureSum = SecureSum(), **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.secure_sum = secure_sum
-
-    def _noisy_sums(
-        self, clipped: torch.Tensor, below: torch.Tensor, clip: float, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, float]:
-        k = clipped.shape[0]
-        if k == 0:
-            return super()._noisy_sums(clipped, below, clip, generator)
-        t = 1 if k == 1 else self.secure_sum.min_survivors(k)
-        stds = torch.full((self.dim,), self.sum_noise_multiplier * clip, dtype=torch.float64)
-        columns = clipped
-        if self.adaptive is not None:
-            columns = torch.cat([clipped, below.to(torch.float64).unsqueeze(1) - 0.5], dim=1)
-            stds = torch.cat([stds, torch.tensor([self.adaptive.count_noise_std], dtype=torch.float64)])
-        shares = columns + torch.randn(columns.shape, generator=generator, dtype=torch.float64) * (stds / math.sqrt(t))
-        if k == 1:
-            total = shares[0]
-        else:
-            bound = max(clip, 0.5) + NOISE_RANGE_SIGMAS * float(stds.max()) / math.sqrt(t)
-            total = dataclasses.replace(self.secure_sum, coordinate_range=bound)(shares)
-        return total[: self.dim], float(total[self.dim]) if self.adaptive is not None else 0.0
+    def __call__(self, messages: torch.Tensor, mode: PrivacyMode) -> torch.Tensor:
+        """The :class:`fltrain.fedavg.Summer` of a round: the sum under the mode's range and dropout floor."""
+        bound = mode.secure_sum_range()
+        settings = self if bound is None else dataclasses.replace(self, coordinate_range=bound)
+        return settings.sum(messages, min_survivors=mode.min_survivors(messages.shape[0]))

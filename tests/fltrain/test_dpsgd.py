@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from fltrain.dpsgd import PoissonSampler, make_engine, noisy_gradient, supports_layerwise
 from fltrain.models import ParamLayout, cifar_cnn, logistic_regression, mlp, tanh_cnn
+from fltrain.randomness import ReproducibleRandom, SecureRandom
 
 MODELS = {
     "tanh-cnn": (tanh_cnn, (1, 28, 28)),
@@ -115,7 +116,7 @@ def test_layerwise_support_detection():
         make_engine(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), "layerwise")
 
 
-def test_noise_has_std_sigma_times_clip_over_expected_batch():
+def test_noise_has_std_sigma_times_clip_over_the_denominator():
     model = tanh_cnn()
     K = 2
     params = _stacked(model, K)
@@ -124,10 +125,9 @@ def test_noise_has_std_sigma_times_clip_over_expected_batch():
     sigma, clip = 1.3, 0.7
     denominator = torch.tensor([50.0, 200.0])
     index = torch.zeros(K, 3, dtype=torch.int64)
-    weight = torch.zeros(K, 3)  # empty batches: the gradient is pure noise / (q n)
+    weight = torch.zeros(K, 3)  # empty batches: the gradient is pure noise / denominator
     grads, _ = noisy_gradient(make_engine(model), params, x, y, index, weight, clip=clip, noise_multiplier=sigma,
-                              denominator=denominator, generator=torch.Generator().manual_seed(0),
-                              max_physical_batch=2)
+                              denominator=denominator, rng=SecureRandom(), max_physical_batch=2)
     flat = ParamLayout.of(model).flatten(grads, lead=1).double()
     n = flat.shape[1]
     for k in range(K):
@@ -148,7 +148,7 @@ def test_micro_batches_give_the_same_clipped_sum():
     index = torch.randint(0, 40, (K, 13))
     weight = (torch.rand(K, 13) < 0.8).double()
     common = dict(clip=0.1, noise_multiplier=0.0, denominator=torch.tensor([10.0, 10.0], dtype=torch.float64),
-                  generator=torch.Generator())
+                  rng=ReproducibleRandom(0))
     engine = make_engine(model)
     whole, loss_whole = noisy_gradient(engine, params, x, y, index, weight, max_physical_batch=1000, **common)
     parts, loss_parts = noisy_gradient(engine, params, x, y, index, weight, max_physical_batch=6, **common)
@@ -171,7 +171,7 @@ def test_poisson_batch_sizes_have_binomial_mean_and_variance():
     members = [torch.arange(1000), torch.arange(1000, 1400)]
     rates = torch.tensor([0.05, 0.2])
     sampler = PoissonSampler(members, rates)
-    gen = torch.Generator().manual_seed(0)
+    gen = SecureRandom()  # the source of a real run
     draws = 4000
     sizes = torch.zeros(draws, 2)
     hits = torch.zeros(1400)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fltrain.config import ConfigError, RunConfig
-from fltrain.run import CHECKPOINT, run
+from fltrain.run import CHECKPOINT, PRIVATE, run
 
 from .runs import StopAt, metrics, without_timing
 
@@ -24,10 +24,11 @@ def _config(data_root, out, **overrides) -> RunConfig:
 
 @pytest.mark.parametrize("dp", ["none", "sample"])
 def test_resume_after_interruption_equals_uninterrupted_run(data_root, tmp_path, dp):
-    whole = _config(data_root, tmp_path / "whole", dp=dp)
+    """With reproducible noise (a simulation) a resumed run is the uninterrupted one, bit for bit."""
+    whole = _config(data_root, tmp_path / "whole", dp=dp, insecure_reproducible_noise=True)
     summary = run(whole)
     assert summary.rounds_completed == 3
-    cut = _config(data_root, tmp_path / "cut", dp=dp)
+    cut = _config(data_root, tmp_path / "cut", dp=dp, insecure_reproducible_noise=True)
     with pytest.raises(KeyboardInterrupt):
         run(cut, progress=StopAt(3))
     assert [row["round"] for row in metrics(tmp_path / "cut")] == [1, 2]
@@ -35,8 +36,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(data_root, tmp_path,
     a = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
     assert torch.equal(a["server"]["params"], b["server"]["params"])
-    assert torch.equal(a["generator"], b["generator"])
-    assert a["ledger"] == b["ledger"]
+    assert torch.equal(a["mode"]["rng"]["generator"], b["mode"]["rng"]["generator"])
+    assert a["mode"]["ledger"] == b["mode"]["ledger"]
     assert without_timing(metrics(tmp_path / "whole")) == without_timing(metrics(tmp_path / "cut"))
     assert resumed.test_accuracy == summary.test_accuracy
 
@@ -46,9 +47,12 @@ def test_metrics_lines_have_the_promised_keys(data_root, tmp_path):
     rows = metrics(tmp_path / "o")
     assert [r["round"] for r in rows] == [1, 2]
     for row in rows:
-        assert {"round", "train_loss", "test_accuracy", "epsilon", "delta", "sigma", "seconds"} <= set(row)
+        assert set(row) == {"round", "test_accuracy", "epsilon", "delta", "sigma", "noise", "seconds", "cpu_seconds",
+                            "elapsed"}
         assert 0.0 <= row["test_accuracy"] <= 1.0
-        assert row["seconds"] > 0
+        assert row["seconds"] > 0 and row["noise"] == "none"
+    private = [json.loads(line) for line in (tmp_path / "o" / PRIVATE).read_text().splitlines()]
+    assert [set(r) for r in private] == [{"round", "clients", "train_loss"}] * 2
 
 
 def test_existing_run_is_not_overwritten_and_resume_checks_the_config(data_root, tmp_path):
@@ -68,17 +72,18 @@ def test_existing_run_is_not_overwritten_and_resume_checks_the_config(data_root,
 def test_ledger_in_metrics_equals_dpcalib_and_explicit_sigma_stops_at_the_budget(data_root, tmp_path):
     import dpcalib
 
-    q = 40 / 500  # batch 40 over clients of 1500 / 3 records
+    q = 40 * 3 / 1500  # the public rate: batch 40 x 3 clients / 1500 records
     sigma = dpcalib.calibrate_sigma(eps=4.0, delta=1e-5, q=q, steps=8)  # enough for 2 rounds of 4 steps, not 3
-    summary = run(_config(data_root, tmp_path / "o", dp="sample", sigma=sigma))
+    summary = run(_config(data_root, tmp_path / "o", dp="sample", sample={"sigma": sigma}))
     assert summary.stopped_by_budget and summary.rounds_completed == 2
     rows = metrics(tmp_path / "o")
     assert [row["round"] for row in rows] == [1, 2]
     for row in rows:
         expected = dpcalib.epsilon(sigma=sigma, q=q, steps=4 * row["round"], delta=1e-5)
         assert row["epsilon"] == pytest.approx(expected, rel=1e-9) and row["epsilon"] <= 4.0
-        assert row["sigma"] == sigma and row["delta"] == 1e-5
+        assert row["sigma"] == sigma and row["delta"] == 1e-5 and row["noise"] == "secure"
     assert summary.epsilon == rows[-1]["epsilon"]
+    assert summary.privacy["plan"]["neighbouring"] == "add_remove" and summary.privacy["q"] == q
 
 
 @pytest.mark.slow

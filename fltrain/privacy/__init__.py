@@ -1,0 +1,54 @@
+"""Privacy modes of fltrain: each one object that owns its plan, its randomness, its cohort, the client's and the
+server's steps of a round, its ledger and what it releases (see :mod:`.mode` for the round).
+
+- :class:`~.record.RecordLevel` (``dp = "sample"``): DP-SGD on every client, record-level, add/remove;
+- :class:`~.clientlevel.ClientLevel` (``dp = "client"``): DP-FedAvg, client-level (add/remove with a Poisson cohort
+  and central noise, replace-one with a fixed cohort and distributed noise under secure aggregation);
+- :class:`~.none.NoPrivacy` (``dp = "none"``): FedAvg.
+
+:func:`build_mode` makes the mode a :class:`fltrain.config.RunConfig` asks for.
+"""
+
+from __future__ import annotations
+
+from ..config import RunConfig
+from ..randomness import RandomSource, ReproducibleRandom, SecureRandom
+from .clientlevel import ClientLevel
+from .cohort import FixedCohort, PoissonCohort
+from .mode import NOISE_INSECURE, NOISE_SECURE, PrivacyMode
+from .none import NoPrivacy
+from .plan import PrivacyLedger, PrivacyPlan, make_plan
+from .record import RecordLevel
+
+__all__ = [
+    "PrivacyMode", "RecordLevel", "ClientLevel", "NoPrivacy", "FixedCohort", "PoissonCohort", "PrivacyPlan",
+    "PrivacyLedger", "make_plan", "build_mode", "NOISE_SECURE", "NOISE_INSECURE",
+]
+
+
+def _rng(cfg: RunConfig) -> RandomSource:
+    """The secret source, or with ``insecure_reproducible_noise`` a generator seeded from ``seed + 1`` (a
+    simulation: the noise then follows from the config)."""
+    return ReproducibleRandom(cfg.seed + 1) if cfg.insecure_reproducible_noise else SecureRandom()
+
+
+def build_mode(cfg: RunConfig, *, dim: int, train_records: int) -> PrivacyMode:
+    """The privacy mode of ``cfg`` for a model of ``dim`` parameters trained on ``train_records`` records (the
+    public size of the training set; it sets the default record-level rate). Plans (calibrates σ) on the way."""
+    n = cfg.clients
+    if cfg.dp == "none":
+        return NoPrivacy(cohort=FixedCohort(n, cfg.cohort_size), seed=cfg.seed, train_records=train_records)
+    if cfg.dp == "sample":
+        s = cfg.sample
+        q = s.q if s.q is not None else cfg.default_record_rate(train_records)
+        return RecordLevel.create(cohort=FixedCohort(n, cfg.cohort_size), rng=_rng(cfg), q=q,
+                                  local_steps=cfg.local_steps, rounds=cfg.rounds, eps=s.eps, delta=s.delta,
+                                  clip=s.clip, accountant=s.accountant, sigma=s.sigma)
+    c = cfg.client
+    m = cfg.clients_per_round
+    cohort = FixedCohort(n, round(m)) if cfg.client_sampling == "fixed" else PoissonCohort(n, m)
+    return ClientLevel.create(cohort=cohort, rng=_rng(cfg), dim=dim, rounds=cfg.rounds, eps=c.eps,
+                              delta=cfg.resolved_delta, clip=c.clip, accountant=c.accountant, sigma=c.sigma,
+                              adaptive_clip=c.adaptive_clip, target_quantile=c.target_quantile, clip_lr=c.clip_lr,
+                              count_noise_std=c.count_noise_std, distributed=cfg.secure_agg,
+                              min_survivors=c.min_survivors)
