@@ -7,12 +7,12 @@ nothing else: its components are :mod:`fltrain.flower.server_app` and :mod:`fltr
 installed package, so one app serves every config.  :func:`write_app` generates the file from the fields of
 :class:`fltrain.config.RunConfig`, so the declared keys and defaults cannot drift from ``fltrain run``'s.
 
-A Flower run config holds only booleans, numbers and strings.  The keys are ``RunConfig``'s in TOML form
-(``local-steps``), the same as in a ``fltrain run --config`` file, plus the Flower-only settings of
-:class:`FlowerSettings`.  A ``RunConfig`` field whose default is "not given" (``sigma``, ``delta``,
-``expected-clients``, ``count-noise-std``) is declared as the empty string ``""``, which means "not given".
-``data-dir`` and ``out`` are the *server's* directories; every SuperNode names its own data directory in its
-node config (:data:`NODE_DATA_DIR`).
+A Flower run config holds only booleans, numbers and strings, in flat keys; a TOML table becomes dotted keys.
+The keys are ``RunConfig``'s in TOML form (``local-steps``, and the mode sections as ``sample.eps``,
+``client.clip`` ...), the same as in a ``fltrain run --config`` file, plus the Flower-only settings of
+:class:`FlowerSettings`.  A setting whose default is "not given" (``sample.sigma``, ``client.delta``, ...) is
+declared as the empty string ``""``, which means "not given".  ``data-dir`` and ``out`` are the *server's*
+directories; every SuperNode names its own data directory in its node config (:data:`NODE_DATA_DIR`).
 
 This module imports neither flwr nor torch: the launcher uses it to refuse a bad config before it starts a process.
 """
@@ -48,6 +48,8 @@ NODE_DATA_DIR = "data-dir"
 #: ``RunConfig`` fields a Flower run does not carry, with the reason (a true value is refused, a false one ignored)
 NOT_CARRIED = {
     "secure_agg": "secure aggregation runs in-process only (fltrain run); Flower's SecAgg+ adds no DP noise",
+    "insecure_reproducible_noise": "every Flower client would draw the same seeded noise, and draw it afresh in "
+                                   "every round (Flower starts a new ClientApp process per message)",
 }
 
 _UNSET = ""
@@ -80,52 +82,66 @@ def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _defaults() -> dict[str, Any]:
-    """The declared run config: every carried ``RunConfig`` field and every :class:`FlowerSettings` field."""
-    declared: dict[str, Any] = {}
-    for source in (RunConfig, FlowerSettings):
-        for field in fields(source):
-            if field.name not in NOT_CARRIED:
-                declared[_key(field.name)] = _UNSET if field.default is None else field.default
-    return declared
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as Flower's flat keys: ``{"sample": {"eps": 4}}`` → ``{"sample.eps": 4}``, ``None`` → ``""``."""
+    flat: dict[str, Any] = {}
+    for name, value in values.items():
+        key = prefix + _key(name)
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, key + "."))
+        else:
+            flat[key] = _UNSET if value is None else value
+    return flat
 
 
-def flower_run_config(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The Flower run config (TOML keys, no ``None``) of the run described by ``values``.
+def _carried(cfg: RunConfig, settings: FlowerSettings) -> dict[str, Any]:
+    values = {k: v for k, v in cfg.to_dict().items() if k not in NOT_CARRIED}
+    values.update({f.name: getattr(settings, f.name) for f in fields(FlowerSettings)})
+    return _flatten(values)
 
-    ``values`` holds ``RunConfig`` and :class:`FlowerSettings` keys (``-`` or ``_``), as a ``fltrain run --config``
-    file does.  The whole config is validated here (by ``RunConfig`` itself): an unknown key, a bad value or a key
-    Flower does not carry (:data:`NOT_CARRIED`) raises :class:`fltrain.config.ConfigError` or
-    :class:`dpcalib.errors.InvalidArgumentError`, before any process starts.
-    """
+
+def _split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` as (``RunConfig`` keys, :class:`FlowerSettings` keys); refuses a true :data:`NOT_CARRIED` key."""
+    flower_names = {f.name for f in fields(FlowerSettings)}
     run_values: dict[str, Any] = {}
     flower_values: dict[str, Any] = {}
-    flower_names = {f.name for f in fields(FlowerSettings)}
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name in NOT_CARRIED:
             if value:
                 raise ConfigError(f"config key {key!r} is not carried on Flower: {NOT_CARRIED[name]}")
             continue
-        (flower_values if name in flower_names else run_values)[name] = value
+        (flower_values if name in flower_names else run_values)[key] = value
+    return run_values, flower_values
+
+
+def flower_run_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The Flower run config (flat TOML keys) of the run described by ``values``.
+
+    ``values`` holds what a ``fltrain run --config`` file holds (``RunConfig`` keys with ``-`` or ``_``, the mode
+    tables, or the flat privacy keys of earlier versions) and the :class:`FlowerSettings` keys.  The whole config
+    is validated here, by ``RunConfig`` itself: an unknown key, a bad value or a key Flower does not carry
+    (:data:`NOT_CARRIED`) raises :class:`fltrain.config.ConfigError` or
+    :class:`dpcalib.errors.InvalidArgumentError`, before any process starts.  Every setting is written out, so the
+    server and the clients read one complete config.
+    """
+    run_values, flower_values = _split(values)
     cfg = RunConfig.from_dict(run_values)
-    settings = FlowerSettings(**flower_values)
-    carried = {_key(k): v for k, v in cfg.to_dict().items() if k not in NOT_CARRIED and v is not None}
-    carried.update({_key(f.name): getattr(settings, f.name) for f in fields(FlowerSettings)})
-    return carried
+    settings = FlowerSettings(**{str(k).replace("-", "_"): v for k, v in flower_values.items()})
+    return _carried(cfg, settings)
 
 
 def parse_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, FlowerSettings]:
     """The ``RunConfig`` and :class:`FlowerSettings` of a Flower run config (``context.run_config``)."""
-    flower_names = {f.name for f in fields(FlowerSettings)}
-    run_values: dict[str, Any] = {}
-    flower_values: dict[str, Any] = {}
+    nested: dict[str, Any] = {}
     for key, value in run_config.items():
         if value == _UNSET:
             continue
-        name = str(key).replace("-", "_")
-        (flower_values if name in flower_names else run_values)[name] = value
-    return RunConfig.from_dict(run_values), FlowerSettings(**flower_values)
+        table, _, name = str(key).rpartition(".")
+        (nested.setdefault(table, {}) if table else nested)[name] = value
+    run_values, flower_values = _split(nested)
+    return (RunConfig.from_dict(run_values),
+            FlowerSettings(**{str(k).replace("-", "_"): v for k, v in flower_values.items()}))
 
 
 def toml_value(value: Any) -> str:
@@ -168,7 +184,7 @@ def app_pyproject(version: str = "1.0.0") -> str:
         "",
         "[tool.flwr.app.config]",
     ]
-    lines += [f"{key} = {toml_value(value)}" for key, value in _defaults().items()]
+    lines += [f"{key} = {toml_value(value)}" for key, value in _carried(RunConfig(), FlowerSettings()).items()]
     return "\n".join(lines) + "\n"
 
 

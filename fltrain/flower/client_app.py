@@ -4,26 +4,33 @@ The SuperNode's node config names the partition it holds and where its data lies
 
     flower-supernode ... --node-config "partition-id=0 num-partitions=4 data-dir='/data'"
 
-The node loads the dataset from its ``data-dir`` and takes partition ``partition-id`` of the same partition that
-``fltrain run`` computes (:func:`fltrain.data.partition` with the run's scheme and seed), so a federation of
-``clients`` SuperNodes holds exactly the clients of the in-process run.  ``num-partitions`` must equal the run's
-``clients``.
+The node loads the dataset from its ``data-dir`` and takes partition ``partition-id`` of the partition that
+``fltrain run`` computes (the same validation split, :func:`fltrain.data.partition` with the run's scheme and
+seed), so a federation of ``clients`` SuperNodes holds exactly the clients of the in-process run.
+``num-partitions`` must equal the run's ``clients``.
 
 Handlers (Flower Message API):
 
-- ``query``: reply with the partition id, the number of partitions and the record count (:mod:`.records`); a node
+- ``query``: reply with the partition id and the number of partitions (:mod:`.records`); a node
   whose data is missing replies with an error, so the server refuses the run before any training;
-- ``train``: run the round's local training (:class:`fltrain.client.LocalTrainer`, the code ``fltrain run`` runs)
-  from the global parameters with the learning rate, and for record-level DP the Poisson rate ``q``, noise
-  multiplier ``sigma`` and clip norm, that the server sent; reply with the model delta.  With record-level DP a node
-  refuses (an error reply) when its own Poisson rate ``min(1, batch_size / n_k)`` exceeds the accounted ``q``.
+- ``train``: the client side of the run's privacy mode (:mod:`fltrain.privacy`), the same object ``fltrain run``
+  uses: the node builds the mode from the run config with the σ (and, record-level, the Poisson rate ``q``) that the
+  server's plan fixed and that the message carries, adopts the round's public settings
+  (``mode.set_round_config``), trains with ``mode.local_training`` (record-level: DP-SGD at rate ``q``, clip ``C``,
+  noise ``σC``) through :class:`fltrain.client.LocalTrainer`, and replies with its model delta.  The mode's
+  ``client_message`` (the weighting, or client-level clipping) is applied by the server to what it receives: a
+  server that clips itself need not trust a client's clipping.  With record-level DP a node refuses (an error
+  reply) when its own rate, from its own config and data, would exceed the accounted ``q``.  Only without DP does
+  the reply carry the record count and training loss (FedAvg's weights need the count); a DP client sends its
+  delta alone.
 
-DP noise and record sampling come from :func:`fltrain.flower.secret.secret_generator`, seeded from the OS and
-never stored; the run's seed drives only the partition.
+DP noise and record sampling come from the mode's secret source (:class:`fltrain.randomness.SecureRandom`), made
+afresh in every ClientApp process and never stored; the run's seed drives only the partition.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -34,18 +41,17 @@ from flwr.clientapp import ClientApp
 
 from dpcalib.errors import InvalidArgumentError
 
-from ..client import LocalTrainer, LocalTraining, sampling_rates
+from ..client import LocalTrainer, LocalTraining
 from ..config import ConfigError, RunConfig
-from ..data import load_dataset, partition
+from ..data import load_dataset, partition, split_validation
 from ..dpsgd import make_engine
 from ..models import ParamLayout, build_model
+from ..privacy import PrivacyMode, build_mode
+from ..randomness import SecureRandom
 from .appdir import NODE_DATA_DIR, NODE_PARTITION, NODE_PARTITIONS, parse_run_config
-from .records import (
-    PARAMS, NodeInfo, query_reply_content, record_vector, train_instructions, train_reply_content,
-)
-from .secret import secret_generator
+from .records import PARAMS, NodeInfo, query_reply_content, record_vector, train_instructions, train_reply_content
 
-__all__ = ["app", "LocalClient", "node_partition", "load_client", "handle_query", "handle_train"]
+__all__ = ["app", "LocalClient", "node_partition", "client_mode", "load_client", "handle_query", "handle_train"]
 
 app = ClientApp()
 
@@ -65,16 +71,39 @@ def node_partition(node_config: Mapping[str, Any], clients: int) -> tuple[int, s
     return pid, str(node_config[NODE_DATA_DIR])
 
 
+def client_mode(cfg: RunConfig, instructions: Mapping[str, Any], *, dim: int, train_records: int) -> PrivacyMode:
+    """The run's privacy mode on a client, with the plan's σ (and record-level ``q``) from the server's message and
+    the round's public settings adopted.
+
+    Record-level: refuses (:class:`fltrain.config.ConfigError`) when the rate this node would use by its own config
+    and data (``sample.q``, else ``batch_size × clients / its training records``) exceeds the accounted ``q``.
+    """
+    if cfg.dp == "sample":
+        q = float(instructions["q"])
+        own = cfg.sample.q if cfg.sample.q is not None else cfg.default_record_rate(train_records)
+        if own > q:
+            raise ConfigError(f"this node's own Poisson rate {own:.6g} (from its config and its {train_records} "
+                              f"training records) exceeds the accounted q = {q:.6g}; refusing to train, the ledger "
+                              "would under-count its records' privacy loss")
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma=float(instructions["sigma"]), q=q))
+    elif cfg.dp == "client":
+        cfg = dataclasses.replace(cfg, client=dataclasses.replace(cfg.client, sigma=float(instructions["sigma"])))
+    mode = build_mode(cfg, dim=dim, train_records=train_records)
+    mode.set_round_config({key: instructions[key] for key in mode.round_config()})
+    return mode
+
+
 @dataclass
 class LocalClient:
     """One client's records (``x[members]``, ``y[members]``) and model, as ``fltrain run`` builds them for client
-    ``partition_id``."""
+    ``partition_id``; ``train_records`` is the size of the whole training set (public)."""
 
     cfg: RunConfig
     partition_id: int
     x: torch.Tensor
     y: torch.Tensor
     members: torch.Tensor
+    train_records: int
     model: torch.nn.Module
     layout: ParamLayout
 
@@ -85,22 +114,14 @@ class LocalClient:
     def train(self, params: torch.Tensor, instructions: Mapping[str, Any]) -> tuple[torch.Tensor, float]:
         """One round of local training from ``params`` as instructed; returns ``(delta, mean training loss)``."""
         cfg = self.cfg
-        private = "sigma" in instructions
-        if private:
-            own_rate = float(sampling_rates(torch.tensor([self.num_samples]), cfg.batch_size)[0])
-            if own_rate > float(instructions["q"]):
-                raise ConfigError(
-                    f"partition {self.partition_id}: own Poisson rate batch_size/n = {cfg.batch_size}/"
-                    f"{self.num_samples} = {own_rate:.6g} exceeds the accounted q = {instructions['q']:.6g}; "
-                    f"refusing to train (the ledger would under-count this client's privacy loss)")
-        local = LocalTraining(
-            local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=float(instructions["lr"]),
-            momentum=cfg.momentum, clip=float(instructions["clip"]) if private else None,
-            noise_multiplier=float(instructions["sigma"]) if private else 0.0,
-            parallel_clients=1, max_physical_batch=cfg.max_physical_batch,
-        )
-        trainer = LocalTrainer(self.layout, make_engine(self.model, cfg.engine), self.x, self.y, [self.members], local)
-        updates = trainer.train(params, torch.tensor([0]), secret_generator())
+        mode = client_mode(cfg, instructions, dim=self.layout.size, train_records=self.train_records)
+        base = LocalTraining(local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=float(instructions["lr"]),
+                             momentum=cfg.momentum, parallel_clients=1, max_physical_batch=cfg.max_physical_batch)
+        trainer = LocalTrainer(self.layout, make_engine(self.model, cfg.engine), self.x, self.y, [self.members],
+                               mode.local_training(base))
+        # without DP the mode's source is the seed's generator, which would restart in every ClientApp process
+        rng = mode.rng if mode.rng.secure else SecureRandom()
+        updates = trainer.train(params, torch.tensor([0]), rng)
         return updates.deltas[0], float(updates.train_loss[0])
 
 
@@ -119,37 +140,41 @@ def load_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any], s
     cfg, _ = parse_run_config(run_config)
     pid, data_dir = node_partition(node_config, cfg.clients)
     torch.set_num_threads(cfg.threads)
-    key = json.dumps([cfg.dataset, data_dir, cfg.train_samples, cfg.partition, cfg.clients, cfg.seed,
-                      cfg.shards_per_client, cfg.alpha, pid])
+    key = json.dumps([cfg.dataset, data_dir, cfg.train_samples, cfg.val_fraction, cfg.partition, cfg.clients,
+                      cfg.seed, cfg.shards_per_client, cfg.alpha, pid])
     if _STATE_KEY in state.config_records and state[_STATE_KEY].get("key") == key:
-        records = state[_STATE_RECORDS]
+        records, facts = state[_STATE_RECORDS], state[_STATE_KEY]
         x, y = torch.from_numpy(records["x"].numpy()), torch.from_numpy(records["y"].numpy())
-        num_classes = int(state[_STATE_KEY]["num-classes"])
+        num_classes, train_records = int(facts["num-classes"]), int(facts["train-records"])
     else:
         data = load_dataset(cfg.dataset, data_dir, train_samples=cfg.train_samples, test_samples=1)
+        if cfg.val_fraction:
+            data, _ = split_validation(data, cfg.val_fraction, cfg.seed)
         members = partition(data.y_train, scheme=cfg.partition, clients=cfg.clients, seed=cfg.seed,
                             shards_per_client=cfg.shards_per_client, alpha=cfg.alpha)[pid]
         x, y = data.x_train[members].contiguous(), data.y_train[members].contiguous()
+        num_classes, train_records = data.num_classes, len(data.y_train)
         state[_STATE_RECORDS] = ArrayRecord({"x": Array(x.numpy()), "y": Array(y.numpy())})
-        num_classes = data.num_classes
-        state[_STATE_KEY] = ConfigRecord({"key": key, "num-classes": num_classes})
+        state[_STATE_KEY] = ConfigRecord({"key": key, "num-classes": num_classes, "train-records": train_records})
     model = build_model(cfg.resolved_model, tuple(x.shape[1:]), num_classes)
-    return LocalClient(cfg, pid, x, y, torch.arange(len(y)), model, ParamLayout.of(model))
+    return LocalClient(cfg, pid, x, y, torch.arange(len(y)), train_records, model, ParamLayout.of(model))
 
 
 def handle_query(message: Message, context: Context) -> Message:
-    """Reply with this node's partition id, partition count and record count (an error if its data is missing)."""
+    """Reply with this node's partition id and partition count (an error if its data is missing)."""
     client = load_client(context.run_config, context.node_config, context.state)
-    info = NodeInfo(client.partition_id, client.cfg.clients, client.num_samples)
+    info = NodeInfo(client.partition_id, client.cfg.clients)
     return Message(query_reply_content(info), reply_to=message)
 
 
 def handle_train(message: Message, context: Context) -> Message:
-    """Train one round from the parameters in ``message``; reply with the delta and the sample count."""
+    """Train one round from the parameters in ``message``; reply with the delta (and, without DP, the record
+    count and training loss)."""
     client = load_client(context.run_config, context.node_config, context.state)
     params = record_vector(message.content["arrays"], PARAMS, client.layout.size)
     delta, loss = client.train(params, train_instructions(message))
-    return Message(train_reply_content(delta, client.num_samples, loss), reply_to=message)
+    diagnostics = (client.num_samples, loss) if client.cfg.dp == "none" else None
+    return Message(train_reply_content(delta, diagnostics), reply_to=message)
 
 
 app.query()(handle_query)

@@ -1,18 +1,21 @@
 """What travels in fltrain's Flower messages (Message API records), and the server's checks on what comes back.
 
 A *query* message (no content) asks a SuperNode which partition it holds; the reply's ``metrics``
-(:class:`flwr.app.MetricRecord`) holds ``partition-id``, ``num-partitions`` and ``num-samples``.
+(:class:`flwr.app.MetricRecord`) holds ``partition-id`` and ``num-partitions`` (not the record count: under
+add/remove neighbouring it is private).
 
 A *train* message holds
 
 - ``arrays`` (:class:`flwr.app.ArrayRecord`): ``params``, the flat global parameter vector (float32, P);
 - ``config`` (:class:`flwr.app.ConfigRecord`): the round and what the server fixed for it: the local learning rate
-  ``lr`` and, with record-level DP, the plan's Poisson rate ``q``, noise multiplier ``sigma`` and clip norm ``clip``.
+  ``lr``, with DP the plan's noise multiplier ``sigma`` and, record-level, its Poisson rate ``q``, and the mode's
+  public round settings (``PrivacyMode.round_config``, e.g. the client-level clip norm ``clip``).
 
-Its reply holds ``arrays`` with ``delta`` (local − global parameters, float32, P) and ``metrics`` with
-``num-samples`` and ``train-loss``.  The server never trusts a reply: :func:`parse_train_reply` refuses an error
-reply, missing records, a wrong shape or dtype, non-finite values and a bad sample count with
-:class:`RejectedReply`, and the server drops that client from the round.
+Its reply holds ``arrays`` with ``delta`` (local − global parameters, float32, P) and, only without DP, ``metrics``
+with ``num-samples`` and ``train-loss`` (FedAvg's weights need the count; a DP client sends nothing but its
+delta).  The server never trusts a reply: :func:`parse_train_reply` refuses an error reply, missing records, a
+wrong shape or dtype, non-finite values and a bad sample count with :class:`RejectedReply`, and the server drops
+that client from the round.
 """
 
 from __future__ import annotations
@@ -40,20 +43,19 @@ class RejectedReply(ValueError):
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """What a SuperNode says about itself: its partition, the number of partitions and its record count."""
+    """What a SuperNode says about itself: its partition and the number of partitions."""
 
     partition_id: int
     num_partitions: int
-    num_samples: int
 
 
 @dataclass(frozen=True)
 class TrainReply:
-    """A client's valid answer to a train message."""
+    """A client's valid answer to a train message (``num_samples`` and ``train_loss`` only without DP)."""
 
     delta: torch.Tensor
-    num_samples: int
-    train_loss: float
+    num_samples: int | None = None
+    train_loss: float | None = None
 
 
 def vector_record(name: str, vector: torch.Tensor) -> ArrayRecord:
@@ -88,16 +90,19 @@ def train_instructions(message: Message) -> dict[str, Any]:
     return dict(message.content["config"])
 
 
-def train_reply_content(delta: torch.Tensor, num_samples: int, train_loss: float) -> RecordDict:
-    """The content of a client's reply to a train message."""
-    metrics = MetricRecord({"num-samples": int(num_samples), "train-loss": float(train_loss)})
-    return RecordDict({"arrays": vector_record(DELTA, delta), "metrics": metrics})
+def train_reply_content(delta: torch.Tensor, diagnostics: tuple[int, float] | None = None) -> RecordDict:
+    """The content of a client's reply to a train message: the delta and, without DP, ``(num_samples, loss)``."""
+    content = RecordDict({"arrays": vector_record(DELTA, delta)})
+    if diagnostics is not None:
+        num_samples, train_loss = diagnostics
+        content["metrics"] = MetricRecord({"num-samples": int(num_samples), "train-loss": float(train_loss)})
+    return content
 
 
 def query_reply_content(info: NodeInfo) -> RecordDict:
     """The content of a SuperNode's reply to a query message."""
     return RecordDict({"metrics": MetricRecord({
-        "partition-id": info.partition_id, "num-partitions": info.num_partitions, "num-samples": info.num_samples,
+        "partition-id": info.partition_id, "num-partitions": info.num_partitions,
     })})
 
 
@@ -121,20 +126,22 @@ def parse_query_reply(reply: Message) -> NodeInfo:
     if "metrics" not in reply.content.metric_records:
         raise RejectedReply("no 'metrics' record")
     metrics = reply.content["metrics"]
-    return NodeInfo(_count(metrics, "partition-id", 0), _count(metrics, "num-partitions", 1),
-                    _count(metrics, "num-samples", 1))
+    return NodeInfo(_count(metrics, "partition-id", 0), _count(metrics, "num-partitions", 1))
 
 
-def parse_train_reply(reply: Message, dim: int) -> TrainReply:
-    """A client's :class:`TrainReply`, or :class:`RejectedReply` saying why it cannot be used."""
+def parse_train_reply(reply: Message, dim: int, diagnostics: bool = False) -> TrainReply:
+    """A client's :class:`TrainReply` (with ``diagnostics``, its record count and loss too), or
+    :class:`RejectedReply` saying why it cannot be used."""
     if reply.has_error():
         raise RejectedReply(_error_reason(reply))
     content = reply.content
     if "arrays" not in content.array_records:
         raise RejectedReply("no 'arrays' record")
+    delta = record_vector(content["arrays"], DELTA, dim)
+    if not diagnostics:
+        return TrainReply(delta)
     if "metrics" not in content.metric_records:
         raise RejectedReply("no 'metrics' record")
-    delta = record_vector(content["arrays"], DELTA, dim)
     metrics = content["metrics"]
     loss = metrics.get("train-loss")
     if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):

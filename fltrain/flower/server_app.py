@@ -1,32 +1,40 @@
-"""fltrain's Flower ServerApp: FedAvg rounds over real SuperNodes, with the metrics, checkpoints and resume of
-``fltrain run``.
+"""fltrain's Flower ServerApp: the rounds of ``fltrain run`` over real SuperNodes, driven by the same privacy-mode
+object (:mod:`fltrain.privacy`), with the same files, checkpoints and resume.
 
 A run (:func:`serve`):
 
 1. **Before any training** everything that can be refused is checked: the config (:mod:`.appdir`), the output
-   directory (an existing run needs ``resume``), the server's test data; then the server waits up to
-   ``node-wait`` seconds for ``clients`` SuperNodes, sends each a *query* and maps partition ids to nodes.  A node
-   without its data, a node count below the plan's, a partition held twice or by nobody: one line
-   ``fltrain: error: ...`` on the run's log, and no round runs.
-2. **Rounds**: the server picks the round's clients among the partitions (the sampler of the mode), sends each a
-   *train* message (:mod:`.records`), waits up to ``round-timeout`` seconds, and aggregates the valid replies with
-   the mode's aggregator and server optimiser (:mod:`fltrain.fedavg`, :mod:`fltrain.serveropt`).  A reply that is
-   an error, lacks a record, has the wrong shape or non-finite values, or does not come in time is dropped with a
-   log line; the round goes on with the others (and, with none left, leaves the model unchanged).
-3. After every round: test accuracy on the server's test set, one line of ``metrics.jsonl``, an atomic
-   ``checkpoint.pt`` (config, round, parameters, server optimiser, ledger), and a progress line on the log; at the
-   end ``summary.json``.  The files and their keys are ``fltrain run``'s (:mod:`fltrain.run`); ``cpu_seconds`` is
+   directory (an existing run needs ``resume``), the server's data, the plan (``build_mode`` calibrates σ with
+   dpcalib); then the server waits up to ``node-wait`` seconds for ``clients`` SuperNodes, sends each a *query* and
+   maps partition ids to nodes.  A node without its data, fewer nodes than the plan's clients, a partition held
+   twice or by nobody: one line ``fltrain: error: ...`` on the run's log, and no round runs.
+2. **A round** is :class:`fltrain.fedavg.FedAvgServer`'s, with the cohort's local training done by the SuperNodes
+   (:mod:`.client_app`): if the budget allows another round, the mode charges it to the ledger and ``ledger.json``
+   is synced *before* any noise is drawn (so a round is charged even if a sampled client never answers, and a
+   restarted server never under-counts); ``mode.select()`` draws the cohort among the partitions known when the
+   plan was made (client level: Poisson sampling at the accounted rate ``m/N`` from the secret source, never
+   Flower's fixed-size sample); each sampled client gets a *train* message (:mod:`.records`) with σ, ``q`` and
+   the round's public settings; the server waits up to ``round-timeout`` seconds and keeps the valid replies.  A
+   reply that is an error, lacks a record, has the wrong shape or non-finite values, or does not come in time is
+   dropped with a log line.  The server then applies the mode's ``client_message`` to the deltas it received
+   (client level: it clips every update to ``C`` itself), sums, and ``mode.server_update`` adds the noise and
+   divides by the public denominator (client level: the fixed ``m``, whoever answered); the server optimiser
+   steps.  Without DP, a round without a valid reply leaves the model as it was.
+3. After every round: the files of ``fltrain run`` (:mod:`fltrain.run`): ``metrics.jsonl`` (public: test
+   accuracy, ε, δ, σ, noise source, timings, the mode's releases), ``private-diagnostics.jsonl`` (who answered,
+   training loss without DP), ``ledger.json``, an atomic ``checkpoint.pt`` (config, round, parameters, server
+   optimiser, the mode's state) and a progress line on the log; at the end ``summary.json``.  ``cpu_seconds`` is
    the server process's CPU time only.
 
 The partition ids are the clients of ``fltrain run``: partition ``k`` holds the records that in-process client
-``k`` holds (:mod:`.client_app`), and the initial model is built from the same seed.
+``k`` holds, and the initial model is built from the same seed.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,19 +44,19 @@ from flwr.serverapp import Grid, ServerApp
 
 from dpcalib.errors import DpcalibError
 
-from ..client import ClientUpdates
 from ..config import ConfigError, RunConfig
-from ..data import DataUnavailableError, load_dataset
-from ..fedavg import Aggregator, ClientSampler, FractionSampler, WeightedMean
+from ..data import DataUnavailableError, load_dataset, split_validation
 from ..models import ParamLayout, build_model
-from ..privacy import PrivacyLedger
-from ..run import CHECKPOINT, METRICS, SUMMARY, RunSummary, _check_out_dir, _rewrite_metrics, _save_checkpoint, evaluate
+from ..privacy import ClientLevel, PrivacyMode, RecordLevel, build_mode
+from ..run import (
+    CHECKPOINT, LEDGER, METRICS, PRIVATE, SUMMARY, RunSummary, _append, _check_out_dir, _restore, _rewrite_lines,
+    _save_checkpoint, _save_ledger, evaluate,
+)
 from ..serveropt import make_server_optimizer
 from .appdir import ERROR_PREFIX, FlowerSettings, parse_run_config
-from .records import NodeInfo, RejectedReply, parse_query_reply, parse_train_reply, train_content
-from .secret import secret_generator
+from .records import NodeInfo, RejectedReply, TrainReply, parse_query_reply, parse_train_reply, train_content
 
-__all__ = ["app", "Federation", "RoundMode", "round_mode", "connect", "serve"]
+__all__ = ["app", "Federation", "connect", "train_instructions", "serve"]
 
 app = ServerApp()
 
@@ -61,10 +69,9 @@ def _say(text: str) -> None:
 
 @dataclass(frozen=True)
 class Federation:
-    """The SuperNodes of a run: ``nodes[k]`` is the node id holding partition ``k``; ``sizes[k]`` its record count."""
+    """The SuperNodes of a run: ``nodes[k]`` is the node id holding partition ``k``."""
 
     nodes: tuple[int, ...]
-    sizes: tuple[int, ...]
 
 
 def connect(grid: Grid, clients: int, wait: float, say: Say = _say, poll: float = 0.5) -> Federation:
@@ -88,7 +95,6 @@ def connect(grid: Grid, clients: int, wait: float, say: Say = _say, poll: float 
     replies = list(grid.send_and_receive(list(queries.values()), timeout=max(1.0, deadline - time.monotonic())))
     sent = {message.metadata.message_id: node for node, message in queries.items()}
     holders: dict[int, list[int]] = {}
-    sizes: dict[int, int] = {}
     problems: list[str] = []
     for reply in replies:
         node = sent.get(reply.metadata.reply_to_message_id)
@@ -103,43 +109,30 @@ def connect(grid: Grid, clients: int, wait: float, say: Say = _say, poll: float 
             problems.append(f"SuperNode {node}: num-partitions={info.num_partitions} but clients={clients}")
             continue
         holders.setdefault(info.partition_id, []).append(node)
-        sizes[info.partition_id] = info.num_samples
     if problems:
         raise ConfigError("SuperNodes cannot serve the run: " + "; ".join(problems))
     missing = [k for k in range(clients) if k not in holders]
-    twice = {k: v for k, v in holders.items() if len(v) > 1}
+    twice = sorted(k for k, v in holders.items() if len(v) > 1)
     if missing or twice:
-        raise ConfigError(
-            f"the plan has clients={clients}, one SuperNode per partition; "
-            + (f"no SuperNode answered for partition(s) {missing}" if missing else "")
-            + ("; " if missing and twice else "")
-            + (f"partition(s) held by several SuperNodes: {sorted(twice)}" if twice else "")
-        )
-    return Federation(tuple(holders[k][0] for k in range(clients)), tuple(sizes[k] for k in range(clients)))
+        reasons = ([f"no SuperNode answered for partition(s) {missing}"] if missing else []) + (
+            [f"partition(s) held by several SuperNodes: {twice}"] if twice else [])
+        raise ConfigError(f"the plan has clients={clients}, one SuperNode per partition; " + "; ".join(reasons))
+    return Federation(tuple(holders[k][0] for k in range(clients)))
 
 
-@dataclass
-class RoundMode:
-    """What a privacy mode decides on the server: which clients train (``sampler``), how their deltas become the
-    update (``aggregator``), the ledger (``None`` without DP), σ, and what the train messages carry besides the
-    round and learning rate (``instructions``)."""
-
-    sampler: ClientSampler
-    aggregator: Aggregator
-    ledger: PrivacyLedger | None = None
-    sigma: float = 0.0
-    instructions: dict[str, Any] = field(default_factory=dict)
-
-
-def round_mode(cfg: RunConfig, federation: Federation, dim: int) -> RoundMode:
-    """The server side of ``cfg.dp`` for this federation."""
-    if cfg.dp != "none":
-        raise ConfigError(f"dp={cfg.dp!r} is not yet available on Flower; use dp='none' (or fltrain run)")
-    return RoundMode(FractionSampler(cfg.client_fraction), WeightedMean())
+def train_instructions(mode: PrivacyMode, round_index: int, lr: float) -> dict[str, Any]:
+    """What a round's train messages carry: the round, the local learning rate, the plan's σ and (record-level)
+    rate ``q``, and the mode's public round settings (:meth:`PrivacyMode.round_config`)."""
+    instructions: dict[str, Any] = {"round": round_index, "lr": lr, **mode.round_config()}
+    if mode.plan is not None:
+        instructions["sigma"] = mode.plan.sigma
+    if isinstance(mode, RecordLevel):
+        instructions["q"] = mode.q
+    return instructions
 
 
 def _train_round(grid: Grid, federation: Federation, params: torch.Tensor, ids: torch.Tensor,
-                 instructions: dict[str, Any], timeout: float, say: Say) -> ClientUpdates:
+                 instructions: dict[str, Any], timeout: float, diagnostics: bool, say: Say) -> dict[int, TrainReply]:
     """Send the round's train messages, wait for the replies, keep the valid ones (the others are logged)."""
     round_index = instructions["round"]
     messages = {
@@ -149,7 +142,7 @@ def _train_round(grid: Grid, federation: Federation, params: torch.Tensor, ids: 
     }
     replies = list(grid.send_and_receive(list(messages.values()), timeout=timeout))
     sent = {message.metadata.message_id: k for k, message in messages.items()}
-    accepted: dict[int, Any] = {}
+    accepted: dict[int, TrainReply] = {}
     replied: set[int] = set()
     for reply in replies:
         k = sent.get(reply.metadata.reply_to_message_id)
@@ -157,94 +150,127 @@ def _train_round(grid: Grid, federation: Federation, params: torch.Tensor, ids: 
             continue
         replied.add(k)
         try:
-            accepted[k] = parse_train_reply(reply, params.numel())
+            accepted[k] = parse_train_reply(reply, params.numel(), diagnostics)
         except RejectedReply as error:
             say(f"fltrain: round {round_index}: client {k} (SuperNode {federation.nodes[k]}) dropped: {error}")
     for k in sorted(set(messages) - replied):
         say(f"fltrain: round {round_index}: client {k} (SuperNode {federation.nodes[k]}) dropped: "
             f"no reply within {timeout:g} s")
-    order = sorted(accepted)
-    deltas = [accepted[k].delta for k in order]
-    return ClientUpdates(
-        client_ids=torch.tensor(order, dtype=torch.int64),
-        deltas=torch.stack(deltas) if deltas else params.new_zeros(0, params.numel()),
-        num_samples=torch.tensor([accepted[k].num_samples for k in order], dtype=torch.int64),
-        train_loss=torch.tensor([accepted[k].train_loss for k in order], dtype=torch.float64),
-    )
+    return dict(sorted(accepted.items()))
+
+
+def _messages(mode: PrivacyMode, replies: dict[int, TrainReply], dim: int, round_index: int,
+              say: Say) -> torch.Tensor:
+    """The round's messages (k, w): the mode's ``client_message`` applied by the server to the deltas it received
+    (client level: the server clips every update itself)."""
+    deltas = torch.stack([r.delta for r in replies.values()]) if replies else torch.zeros(0, dim)
+    counts = torch.tensor([r.num_samples or 0 for r in replies.values()], dtype=torch.int64)
+    if isinstance(mode, ClientLevel):
+        norms = torch.linalg.vector_norm(deltas.to(torch.float64), dim=1)
+        for k, norm in zip(replies, norms.tolist()):
+            if norm > mode.clip:
+                say(f"fltrain: round {round_index}: client {k}'s update is above the clip norm C={mode.clip:.4g}; "
+                    "the server clips it")
+    return mode.client_message(deltas, counts)
 
 
 def serve(cfg: RunConfig, settings: FlowerSettings, grid: Grid, say: Say = _say) -> RunSummary:
-    """Carry out (or, with ``settings.resume``, continue) the run ``cfg`` on the SuperNodes of ``grid``."""
+    """Carry out (or, with ``settings.resume``, continue) the run ``cfg`` on the SuperNodes of ``grid``.
+
+    The round is :class:`fltrain.fedavg.FedAvgServer`'s, with the cohort's local training done by the SuperNodes:
+    ``mode.select()``; the round charged to the ledger (and ``ledger.json`` synced) before any client draws noise;
+    train messages; the mode's ``client_message`` on the valid deltas, their sum, ``mode.server_update`` (noise,
+    public denominator) and the server optimiser; then the files of ``fltrain run``.
+    """
     out = Path(cfg.out)
     state = _check_out_dir(cfg, out, settings.resume)
     torch.set_num_threads(cfg.threads)
     data = load_dataset(cfg.dataset, cfg.data_dir, train_samples=cfg.train_samples, test_samples=cfg.test_samples)
+    validation = None
+    if cfg.val_fraction:
+        data, validation = split_validation(data, cfg.val_fraction, cfg.seed)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.resolved_model, data.input_shape, data.num_classes)
     layout = ParamLayout.of(model)
+    mode = build_mode(cfg, dim=layout.size, train_records=len(data.y_train))
     federation = connect(grid, cfg.clients, settings.node_wait, say)
-    mode = round_mode(cfg, federation, layout.size)
     optimizer = make_server_optimizer(cfg.server_opt, lr=cfg.server_lr, momentum=cfg.server_momentum)
     params = layout.flatten(dict(model.named_parameters())).detach().clone()
-    generator = secret_generator()
+    plan = mode.plan
+    delta = plan.delta if plan is not None else None
+    sigma = plan.sigma if plan is not None else None
+    width = mode.message_width(layout.size)
 
     start_round, elapsed, cpu_elapsed = 0, 0.0, 0.0
     if state is not None:
         start_round, elapsed, cpu_elapsed = int(state["round"]), float(state["elapsed"]), float(state["cpu_elapsed"])
         params.copy_(state["server"]["params"])
         optimizer.load_state_dict(state["server"]["optimizer"])
-        if mode.ledger is not None:
-            mode.ledger = PrivacyLedger.from_state_dict(mode.ledger.plan, state["ledger"])
-        _rewrite_metrics(out / METRICS, start_round)
-        say(f"fltrain: resuming after round {start_round} of {cfg.rounds}")
+        _restore(mode, state, out)
+        _rewrite_lines(out / METRICS, start_round)
+        _rewrite_lines(out / PRIVATE, start_round)
+        say(f"fltrain: resuming after round {start_round} of {cfg.rounds}"
+            + (f" with {mode.ledger.rounds} round(s) charged" if mode.ledger is not None else ""))
     out.mkdir(parents=True, exist_ok=True)
 
     accuracy = None
     stopped = False
     completed = start_round
     for round_index in range(start_round + 1, cfg.rounds + 1):
-        if mode.ledger is not None and not mode.ledger.can_afford_next_round():
+        if not mode.can_afford_next_round():
             stopped = True
+            say(f"fltrain: stopping before round {round_index}: it would exceed the budget eps={plan.eps}")
             break
         began, began_cpu = time.perf_counter(), time.process_time()
-        ids = mode.sampler.sample(cfg.clients, generator)
-        instructions = {"round": round_index, "lr": cfg.lr * cfg.lr_decay ** (round_index - 1), **mode.instructions}
-        updates = _train_round(grid, federation, params, ids, instructions, settings.round_timeout, say)
-        optimizer.step(params, mode.aggregator.aggregate(updates, generator))
-        epsilon = mode.ledger.charge_round() if mode.ledger is not None else None
-        accuracy = evaluate(model, layout, params, data.x_test, data.y_test)
+        epsilon = mode.charge_round()  # before any noise of the round is drawn, here or on a client
+        if mode.ledger is not None:
+            _save_ledger(out / LEDGER, mode.ledger)
+        ids = mode.select()
+        instructions = train_instructions(mode, round_index, cfg.lr * cfg.lr_decay ** (round_index - 1))
+        replies = _train_round(grid, federation, params, ids, instructions, settings.round_timeout,
+                               cfg.dp == "none", say)
+        messages = _messages(mode, replies, layout.size, round_index, say)
+        total = messages.sum(dim=0) if len(replies) else torch.zeros(width, dtype=torch.float64)
+        if replies or mode.plan is not None:  # a DP round releases (its noise) even with no valid reply
+            optimizer.step(params, mode.server_update(total).to(params.dtype))
+        losses = [(r.num_samples, r.train_loss) for r in replies.values() if r.train_loss is not None]
+        private: dict[str, Any] = {
+            "round": round_index, "clients": len(replies),
+            "train_loss": (sum(n * loss for n, loss in losses) / sum(n for n, _ in losses)) if losses else None,
+        }
+        metrics: dict[str, Any] = {"round": round_index}
+        if validation is None:
+            accuracy = evaluate(model, layout, params, data.x_test, data.y_test)
+            metrics["test_accuracy"] = accuracy
+        else:
+            private["val_accuracy"] = evaluate(model, layout, params, *validation)
         seconds = time.perf_counter() - began
         cpu_seconds = time.process_time() - began_cpu
         elapsed += seconds
         cpu_elapsed += cpu_seconds
-        weights = updates.num_samples.to(torch.float64)
-        loss = float((weights * updates.train_loss).sum() / weights.sum()) if len(updates.client_ids) else None
-        metrics = {
-            "round": round_index, "train_loss": loss, "test_accuracy": accuracy, "epsilon": epsilon,
-            "delta": mode.ledger.plan.delta if mode.ledger is not None else None, "sigma": mode.sigma,
+        metrics.update({
+            "epsilon": epsilon, "delta": delta, "sigma": sigma, "noise": mode.noise_label,
             "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "elapsed": round(elapsed, 3),
-            "clients": len(updates.client_ids),
-        }
-        with open(out / METRICS, "a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
+            **mode.release(),
+        })
+        _append(out / PRIVATE, private)
+        _append(out / METRICS, metrics)
         _save_checkpoint(out / CHECKPOINT, {
             "config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed,
-            "server": {"params": params.clone(), "optimizer": optimizer.state_dict()},
-            "ledger": mode.ledger.state_dict() if mode.ledger is not None else None,
+            "server": {"params": params.clone(), "optimizer": optimizer.state_dict()}, "mode": mode.state_dict(),
         })
         completed = round_index
-        say(f"fltrain: round {round_index}/{cfg.rounds}: test_accuracy {accuracy:.4f}  epsilon "
-            f"{'-' if epsilon is None else format(epsilon, '.3f')}  clients {len(updates.client_ids)}/{len(ids)}  "
-            f"{seconds:.1f}s")
+        say(f"fltrain: round {round_index}/{cfg.rounds}: "
+            + (f"test_accuracy {accuracy:.4f}  " if validation is None else "")
+            + f"epsilon {'-' if epsilon is None else format(epsilon, '.4f')}  {seconds:.1f}s")
 
-    if accuracy is None:
+    if accuracy is None:  # the test set once (validation split), or no round ran in this call
         accuracy = evaluate(model, layout, params, data.x_test, data.y_test)
     summary = RunSummary(
-        rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy,
-        epsilon=mode.ledger.epsilon() if mode.ledger is not None else None,
-        delta=mode.ledger.plan.delta if mode.ledger is not None else None, sigma=mode.sigma,
-        seconds=round(elapsed, 3), cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped, out=str(out),
+        rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy, epsilon=mode.epsilon(),
+        delta=delta, sigma=sigma, noise=mode.noise_label, privacy=mode.describe(), seconds=round(elapsed, 3),
+        cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped, out=str(out),
     )
     (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     say("fltrain: summary " + json.dumps(asdict(summary)))

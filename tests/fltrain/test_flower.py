@@ -25,10 +25,10 @@ from fltrain.flower.records import (  # noqa: E402
     RejectedReply, parse_train_reply, record_vector, train_reply_content, vector_record,
 )
 from fltrain.flower.server_app import serve  # noqa: E402
-from fltrain.run import CHECKPOINT  # noqa: E402
+from fltrain.run import CHECKPOINT, LEDGER  # noqa: E402
 
-from .flowergrid import FakeGrid, crash, nan_delta, silent, wrong_shape  # noqa: E402
-from .runs import metrics  # noqa: E402
+from .flowergrid import FakeGrid, crash, nan_delta, scaled_delta, silent, wrong_shape  # noqa: E402
+from .runs import metrics, private_rows  # noqa: E402
 
 SMALL = {"dataset": "mnist", "train-samples": 900, "test-samples": 200, "clients": 3, "partition": "shards",
          "shards-per-client": 2, "rounds": 2, "local-steps": 3, "batch-size": 30, "lr": 0.1, "model": "logreg",
@@ -73,28 +73,36 @@ def test_only_fltrain_flower_imports_flwr():
 
 
 def test_app_declares_every_carried_key_with_run_defaults():
+    from flwr.common.config import flatten_dict
+
     project = tomllib.loads(app_pyproject())
     assert project["tool"]["flwr"]["app"]["components"] == {"serverapp": SERVER_APP, "clientapp": CLIENT_APP}
-    declared = project["tool"]["flwr"]["app"]["config"]
-    for field in dataclasses.fields(RunConfig):
-        key = field.name.replace("_", "-")
-        if field.name in NOT_CARRIED:
+    declared = flatten_dict(project["tool"]["flwr"]["app"]["config"])  # as Flower reads it
+    defaults = {f"{table}.{k}" if isinstance(v, dict) else table: w
+                for table, v in RunConfig().to_dict().items() for k, w in (v.items() if isinstance(v, dict) else [(0, v)])}
+    for name, value in defaults.items():
+        key = name.replace("_", "-")
+        if name in NOT_CARRIED:
             assert key not in declared
         else:
-            assert declared[key] == ("" if field.default is None else field.default), key
-    assert {"round-timeout", "node-wait", "resume"} <= set(declared)
+            assert declared[key] == ("" if value is None else value), key
+    assert set(declared) - {k.replace("_", "-") for k in defaults} == {"round-timeout", "node-wait", "resume"}
     # the declared defaults are a valid run: the defaults of RunConfig and FlowerSettings
     assert parse_run_config(declared) == (RunConfig(), FlowerSettings())
 
 
 def test_run_config_round_trip_and_refusals():
-    values = dict(SMALL, sigma=1.5, **{"round_timeout": 30})
+    values = dict(SMALL, dp="sample", sigma=1.5, **{"round_timeout": 30})  # a flat privacy key (earlier form)
     cfg, settings = parse_run_config(flower_run_config(values))
     assert cfg == RunConfig.from_dict({k: v for k, v in values.items() if k != "round_timeout"})
-    assert settings.round_timeout == 30 and cfg.sigma == 1.5 and cfg.delta is None
+    assert settings.round_timeout == 30 and cfg.sample.sigma == 1.5 and cfg.sample.q is None
+    nested = dict(SMALL, dp="client", clients=40, client={"delta": 1e-3, "expected-clients": 4})
+    assert parse_run_config(flower_run_config(nested))[0] == RunConfig.from_dict(nested)
     assert "secure-agg" not in flower_run_config(dict(SMALL, **{"secure-agg": False}))
     with pytest.raises(ConfigError, match="'secure-agg' is not carried on Flower"):
         flower_run_config(dict(SMALL, **{"secure-agg": True}))
+    with pytest.raises(ConfigError, match="'insecure-reproducible-noise' is not carried on Flower"):
+        flower_run_config(dict(SMALL, **{"insecure-reproducible-noise": True}))
     with pytest.raises(ConfigError, match="unknown config key 'bogus'"):
         flower_run_config(dict(SMALL, bogus=1))
     with pytest.raises(Exception, match="round_timeout"):
@@ -108,16 +116,18 @@ def test_records_round_trip_and_rejections():
     query.metadata.__dict__["_message_id"] = "m1"
 
     def reply(delta, num_samples=10, loss=0.5):
-        return Message(train_reply_content(delta, num_samples, loss), reply_to=query)
+        return Message(train_reply_content(delta, (num_samples, loss)), reply_to=query)
 
-    good = parse_train_reply(reply(vector), 7)
+    good = parse_train_reply(reply(vector), 7, diagnostics=True)
     assert torch.equal(good.delta, vector) and good.num_samples == 10 and good.train_loss == 0.5
+    private = parse_train_reply(Message(train_reply_content(vector), reply_to=query), 7)
+    assert torch.equal(private.delta, vector) and private.num_samples is None and private.train_loss is None
     bad = {"shape": reply(torch.zeros(6)), "non-finite": reply(torch.tensor([float("nan")] * 7)),
            "num-samples": reply(vector, num_samples=0), "train-loss": reply(vector, loss=float("inf")),
            "crashed": Message(Error(code=0, reason="Traceback ...\nValueError: crashed"), reply_to=query)}
     for fragment, message in bad.items():
         with pytest.raises(RejectedReply, match=fragment):
-            parse_train_reply(message, 7)
+            parse_train_reply(message, 7, diagnostics=True)
 
 
 def test_a_run_over_the_grid_writes_fltrain_run_files_and_learns(data_root, tmp_path):
@@ -126,11 +136,12 @@ def test_a_run_over_the_grid_writes_fltrain_run_files_and_learns(data_root, tmp_
     lines: list[str] = []
     summary = _serve(run_config, _grid(data_root, run_config), lines)
     rows = metrics(out)
-    assert [row["round"] for row in rows] == [1, 2, 3] and [row["clients"] for row in rows] == [3, 3, 3]
+    assert [row["round"] for row in rows] == [1, 2, 3]
+    assert [row["clients"] for row in private_rows(out)] == [3, 3, 3]
     for row in rows:
-        assert {"round", "train_loss", "test_accuracy", "epsilon", "delta", "sigma", "seconds", "cpu_seconds",
-                "elapsed", "clients"} <= set(row)
-        assert row["epsilon"] is None and row["sigma"] == 0.0
+        assert set(row) == {"round", "test_accuracy", "epsilon", "delta", "sigma", "noise", "seconds",
+                            "cpu_seconds", "elapsed"}
+        assert row["epsilon"] is None and row["sigma"] is None and row["noise"] == "none"
     assert summary.rounds_completed == 3 and summary.test_accuracy == rows[-1]["test_accuracy"] > 0.3  # chance: 0.1
     assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 3
     assert [line.split(":")[1] for line in lines if line.startswith("fltrain: round ")] == [
@@ -143,7 +154,7 @@ def test_faulty_nodes_are_dropped_with_a_log_line_and_the_round_goes_on(data_roo
     lines: list[str] = []
     summary = _serve(run_config, _grid(data_root, run_config, nodes=5, faults=faults), lines)
     assert summary.rounds_completed == 2
-    assert [row["clients"] for row in metrics(tmp_path / "o")] == [1, 1]
+    assert [row["clients"] for row in private_rows(tmp_path / "o")] == [1, 1]
     for round_index in (1, 2):
         dropped = [line for line in lines if line.startswith(f"fltrain: round {round_index}: client")]
         assert len(dropped) == 4
@@ -158,7 +169,7 @@ def test_all_replies_dropped_leaves_the_model_unchanged(data_root, tmp_path):
     run_config = _run_config(data_root, tmp_path / "o", rounds=1)
     grid = _grid(data_root, run_config, faults={1000: crash, 1001: silent, 1002: nan_delta})
     summary = _serve(run_config, grid)
-    row = metrics(tmp_path / "o")[0]
+    row = private_rows(tmp_path / "o")[0]
     assert row["clients"] == 0 and row["train_loss"] is None and summary.rounds_completed == 1
     initial = grid.sent[-1].content["arrays"]["params"].numpy()
     params = torch.load(tmp_path / "o" / CHECKPOINT, weights_only=True)["server"]["params"]
@@ -219,3 +230,78 @@ def test_restarted_server_resumes_from_its_checkpoint(data_root, tmp_path):
     # round 2 started from the checkpointed model
     assert torch.equal(torch.from_numpy(trained[0].content["arrays"]["params"].numpy()),
                        after_one["server"]["params"])
+
+
+def _epsilon_of(event, rounds, delta, neighbouring):
+    import dpcalib
+    from dpcalib.events import Repeated
+
+    return dpcalib.event_epsilon(Repeated(event, rounds), delta=delta, accountant="rdp", neighbouring=neighbouring)
+
+
+def test_record_level_run_keeps_the_ledger_of_the_accounted_event(data_root, tmp_path):
+    out = tmp_path / "o"
+    run_config = _run_config(data_root, out, dp="sample", sample={"eps": 2.0, "clip": 1.0})
+    grid = _grid(data_root, run_config)
+    summary = _serve(run_config, grid)
+    trained = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    q = 30 * 3 / 900  # the public rate: batch_size x clients / training records
+    assert {m.content["config"]["q"] for m in trained} == {q}
+    assert {m.content["config"]["sigma"] for m in trained} == {summary.sigma}
+    # no record count or loss reaches the server in a DP run
+    assert private_rows(out)[0]["train_loss"] is None
+    plan = summary.privacy["plan"]
+    from fltrain.privacy.record import record_round_event
+
+    event = record_round_event(summary.sigma, q=q, local_steps=3)
+    for row in metrics(out):
+        expected = _epsilon_of(event, row["round"], 1e-5, plan_neighbouring(plan))
+        assert row["epsilon"] == pytest.approx(expected, rel=1e-12) and row["noise"] == "secure"
+    assert summary.epsilon <= 2.0
+    assert json.loads((out / LEDGER).read_text())["rounds"] == 2
+
+
+def plan_neighbouring(plan):
+    from dpcalib.events import Neighbouring
+
+    return Neighbouring(plan["neighbouring"])
+
+
+def test_a_node_whose_own_rate_exceeds_the_accounted_q_refuses(data_root, tmp_path):
+    run_config = _run_config(data_root, tmp_path / "o", dp="sample", rounds=1)
+    lines: list[str] = []
+    grid = _grid(data_root, run_config)
+    grid.contexts[1002].run_config["train-samples"] = 600  # this node sees fewer records: its own rate is higher
+    _serve(run_config, grid, lines)
+    (line,) = [line for line in lines if "dropped" in line]
+    assert "client 2" in line and "exceeds the accounted q = 0.1" in line and "refusing" in line
+    assert private_rows(tmp_path / "o")[0]["clients"] == 2
+
+
+def test_client_level_run_samples_clips_noises_and_accounts_every_round(data_root, tmp_path):
+    out = tmp_path / "o"
+    run_config = _run_config(data_root, out, dp="client", clients=6, **{"shards-per-client": 1},
+                             client={"eps": 3.0, "delta": 1e-3, "clip": 0.05, "expected-clients": 3})
+    lines: list[str] = []
+    grid = _grid(data_root, run_config, nodes=6, faults={1000: scaled_delta(1e6), 1001: silent})
+    summary = _serve(run_config, grid, lines)
+    assert summary.privacy["cohort"] == {"sampling": "poisson", "expected_clients": 3.0, "clients": 6}
+    from dpcalib.events import Gaussian, Neighbouring, PoissonSampled
+
+    event = PoissonSampled(0.5, Gaussian(summary.sigma))
+    rows = metrics(out)
+    for row in rows:  # charged whether or not the sampled clients answered
+        assert row["epsilon"] == pytest.approx(_epsilon_of(event, row["round"], 1e-3, Neighbouring.ADD_REMOVE),
+                                               rel=1e-12)
+        assert row["clip"] == 0.05 and row["noise_std"] == pytest.approx(summary.sigma * 0.05)
+    assert "clients" not in rows[0]  # the realised cohort size is private
+    params = torch.load(out / CHECKPOINT, weights_only=True)["server"]["params"]
+    assert bool(torch.isfinite(params).all())
+    # the 1e6-times update was clipped by the server (its log says so) whenever client 0 was sampled
+    sampled = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    zeros = [m for m in sampled if m.metadata.dst_node_id == 1000]
+    clipped = [line for line in lines if "client 0's update is above the clip norm" in line]
+    assert len(clipped) == len(zeros)
+    # the movement of the model is bounded by the clip norm and the noise (server momentum 0, lr 1, denominator m)
+    initial = torch.from_numpy(sampled[0].content["arrays"]["params"].numpy()) if sampled else params
+    assert float((params - initial).norm()) < 2 * (6 * 0.05 + 5 * summary.sigma * 0.05 * params.numel() ** 0.5) / 3
