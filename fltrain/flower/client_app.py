@@ -1,6 +1,7 @@
 """fltrain's Flower ClientApp: one SuperNode is one fltrain client, holding one partition of the training set.
 
-The SuperNode's node config names the partition it holds and where its data lies::
+The SuperNode's node config names the partition it holds and where its data lies (and, optionally, where it
+caches its partition: ``cache-dir``)::
 
     flower-supernode ... --node-config "partition-id=0 num-partitions=4 data-dir='/data'"
 
@@ -31,12 +32,16 @@ afresh in every ClientApp process and never stored; the run's seed drives only t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from dpcalib.errors import InvalidArgumentError
@@ -51,7 +56,9 @@ from ..randomness import SecureRandom
 from .appdir import NODE_DATA_DIR, NODE_PARTITION, NODE_PARTITIONS, parse_run_config
 from .records import PARAMS, NodeInfo, query_reply_content, record_vector, train_instructions, train_reply_content
 
-__all__ = ["app", "LocalClient", "node_partition", "client_mode", "load_client", "handle_query", "handle_train"]
+__all__ = [
+    "app", "NODE_CACHE_DIR", "LocalClient", "node_partition", "client_mode", "load_client", "handle_query", "handle_train",
+]
 
 app = ClientApp()
 
@@ -125,44 +132,59 @@ class LocalClient:
         return updates.deltas[0], float(updates.train_loss[0])
 
 
-#: the records of a node's partition, kept in the node's context state between messages (see :func:`load_client`)
-_STATE_RECORDS = "fltrain-partition"
-_STATE_KEY = "fltrain-partition-key"
+#: optional node-config key: where a node caches its partition (default: a private folder in the temp directory)
+NODE_CACHE_DIR = "cache-dir"
 
 
-def load_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any], state: RecordDict) -> LocalClient:
+def _fingerprint(root: Path) -> list[tuple[str, int, int]]:
+    """Path, size and modification time of every file under ``root``: a changed dataset changes the cache key."""
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in root.rglob("*") if p.is_file())
+
+
+def _cache_file(cfg: RunConfig, node_config: Mapping[str, Any], data_dir: str, pid: int) -> Path:
+    folder = Path(node_config.get(NODE_CACHE_DIR) or Path(tempfile.gettempdir()) / f"fltrain-flower-{os.getuid()}")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root = Path(data_dir).resolve()
+    key = json.dumps([cfg.dataset, str(root), _fingerprint(root) if root.is_dir() else None, cfg.train_samples,
+                      cfg.val_fraction, cfg.partition, cfg.clients, cfg.seed, cfg.shards_per_client, cfg.alpha, pid])
+    return folder / f"partition-{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
+
+
+def load_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> LocalClient:
     """The client a SuperNode plays in this run: config, partition, records and model.
 
-    Flower starts a new ClientApp process for every message, so the partition's records are kept in the node's
-    context ``state`` (which stays on the SuperNode) after the first message: later messages skip loading and
-    partitioning the whole dataset.  They are reused only for the same dataset, data directory and partition.
+    Flower starts a new ClientApp process for every message, so the node caches its partition's records in a file
+    of its own (node config ``cache-dir``, default a folder of the temp directory readable by its user only): later
+    messages, and later runs on the same data and partition, skip loading and partitioning the whole dataset.  The
+    file's name is a hash of the dataset, the data directory's files (names, sizes, times), the partition settings
+    and the partition id.
     """
     cfg, _ = parse_run_config(run_config)
     pid, data_dir = node_partition(node_config, cfg.clients)
     torch.set_num_threads(cfg.threads)
-    key = json.dumps([cfg.dataset, data_dir, cfg.train_samples, cfg.val_fraction, cfg.partition, cfg.clients,
-                      cfg.seed, cfg.shards_per_client, cfg.alpha, pid])
-    if _STATE_KEY in state.config_records and state[_STATE_KEY].get("key") == key:
-        records, facts = state[_STATE_RECORDS], state[_STATE_KEY]
-        x, y = torch.from_numpy(records["x"].numpy()), torch.from_numpy(records["y"].numpy())
-        num_classes, train_records = int(facts["num-classes"]), int(facts["train-records"])
+    cache = _cache_file(cfg, node_config, data_dir, pid)
+    if cache.exists():
+        saved = torch.load(cache, weights_only=True)
     else:
         data = load_dataset(cfg.dataset, data_dir, train_samples=cfg.train_samples, test_samples=1)
         if cfg.val_fraction:
             data, _ = split_validation(data, cfg.val_fraction, cfg.seed)
         members = partition(data.y_train, scheme=cfg.partition, clients=cfg.clients, seed=cfg.seed,
                             shards_per_client=cfg.shards_per_client, alpha=cfg.alpha)[pid]
-        x, y = data.x_train[members].contiguous(), data.y_train[members].contiguous()
-        num_classes, train_records = data.num_classes, len(data.y_train)
-        state[_STATE_RECORDS] = ArrayRecord({"x": Array(x.numpy()), "y": Array(y.numpy())})
-        state[_STATE_KEY] = ConfigRecord({"key": key, "num-classes": num_classes, "train-records": train_records})
-    model = build_model(cfg.resolved_model, tuple(x.shape[1:]), num_classes)
-    return LocalClient(cfg, pid, x, y, torch.arange(len(y)), train_records, model, ParamLayout.of(model))
+        saved = {"x": data.x_train[members].contiguous(), "y": data.y_train[members].contiguous(),
+                 "num_classes": data.num_classes, "train_records": len(data.y_train)}
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        torch.save(saved, tmp)
+        os.replace(tmp, cache)
+    x, y = saved["x"], saved["y"]
+    model = build_model(cfg.resolved_model, tuple(x.shape[1:]), int(saved["num_classes"]))
+    return LocalClient(cfg, pid, x, y, torch.arange(len(y)), int(saved["train_records"]), model, ParamLayout.of(model))
 
 
 def handle_query(message: Message, context: Context) -> Message:
     """Reply with this node's partition id and partition count (an error if its data is missing)."""
-    client = load_client(context.run_config, context.node_config, context.state)
+    client = load_client(context.run_config, context.node_config)
     info = NodeInfo(client.partition_id, client.cfg.clients)
     return Message(query_reply_content(info), reply_to=message)
 
@@ -170,7 +192,7 @@ def handle_query(message: Message, context: Context) -> Message:
 def handle_train(message: Message, context: Context) -> Message:
     """Train one round from the parameters in ``message``; reply with the delta (and, without DP, the record
     count and training loss)."""
-    client = load_client(context.run_config, context.node_config, context.state)
+    client = load_client(context.run_config, context.node_config)
     params = record_vector(message.content["arrays"], PARAMS, client.layout.size)
     delta, loss = client.train(params, train_instructions(message))
     diagnostics = (client.num_samples, loss) if client.cfg.dp == "none" else None

@@ -103,6 +103,16 @@ def _start_time(pid: int) -> int | None:
     return int(text[text.rindex(")") + 2:].split()[19])
 
 
+def _running(pid: int, started_at: int | None) -> bool:
+    """Whether ``pid`` is still the process that started at ``started_at`` and has not exited (a zombie has)."""
+    try:
+        text = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    after_name = text[text.rindex(")") + 2:].split()
+    return after_name[0] != "Z" and int(after_name[19]) == started_at
+
+
 def write_run_config(path: Path, run_config: Mapping[str, Any]) -> Path:
     """Write a Flower run config (flat keys) as TOML for ``flwr run --run-config``."""
     path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in run_config.items()))
@@ -129,6 +139,9 @@ class LocalFederation:
     start_timeout: float = 120.0
     superlink_port: int = 0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: every descendant seen so far (pid → start time): Flower detaches some (the SuperLink's SuperExec starts its
+    #: own session), so they are remembered while their parents live and ended by :meth:`stop` all the same
+    spawned: dict[int, int | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
@@ -159,6 +172,13 @@ class LocalFederation:
                 kwargs["stdout"].close()
         self.processes[name] = process
         return process
+
+    def track(self) -> None:
+        """Remember the current descendants of every started process (see :attr:`spawned`)."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                for pid in descendants(process.pid):
+                    self.spawned.setdefault(pid, _start_time(pid))
 
     def start(self) -> "LocalFederation":
         """Start the SuperLink, wait until it listens, start the SuperNodes and wait until each listens."""
@@ -212,6 +232,7 @@ class LocalFederation:
         refused: str | None = None
         with open(self.workdir / "run.log", "a") as log:
             while True:
+                self.track()
                 try:
                     line = lines.get(timeout=0.5)
                 except queue.Empty:
@@ -231,23 +252,35 @@ class LocalFederation:
         status = runner.wait()
         if refused is not None:
             raise ConfigError(refused)
+        link = self.processes["superlink"]
+        if link.poll() is not None:
+            raise FederationError(f"the SuperLink exited (status {link.returncode}) during the run; "
+                                  f"see {self.workdir / 'superlink.log'}")
         if status != 0:
             raise FederationError(f"flwr run exited with status {status}; see {self.workdir / 'run.log'}")
+
+    @staticmethod
+    def _signal(pids: Mapping[int, int | None], signum: int) -> None:
+        """Send ``signum`` to each of ``pids`` that is still the process it was (same start time)."""
+        for pid, started_at in pids.items():
+            if started_at is not None and _start_time(pid) == started_at:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
 
     def stop(self, grace: float = 10.0) -> None:
         """End every process this federation started, and their descendants (SIGTERM, then SIGKILL)."""
         started = list(self.processes.values())
-        doomed: dict[int, int | None] = {}  # pid -> start time, so that a reused PID is never signalled
-        for process in started:
-            if process.poll() is None:
-                for pid in descendants(process.pid):
-                    doomed[pid] = _start_time(pid)
+        self.track()
+        doomed = dict(self.spawned)  # pid -> start time, so that a reused PID is never signalled
         for process in reversed(started):
             if process.poll() is None:
                 try:
                     os.killpg(process.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+        self._signal(doomed, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in started:
             try:
@@ -261,18 +294,17 @@ class LocalFederation:
                     os.killpg(process.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        for pid, started_at in doomed.items():
-            if started_at is not None and _start_time(pid) == started_at:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        self._signal(doomed, signal.SIGKILL)
         for process in started:
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover - a process that ignores SIGKILL
                 pass
+        deadline = time.monotonic() + 5.0  # a killed process takes a moment to go; orphans are not ours to reap
+        while any(_running(pid, started_at) for pid, started_at in doomed.items()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.processes.clear()
+        self.spawned.clear()
 
     def __enter__(self) -> "LocalFederation":
         try:

@@ -143,17 +143,19 @@ def _train_round(grid: Grid, federation: Federation, params: torch.Tensor, ids: 
     replies = list(grid.send_and_receive(list(messages.values()), timeout=timeout))
     sent = {message.metadata.message_id: k for k, message in messages.items()}
     accepted: dict[int, TrainReply] = {}
-    replied: set[int] = set()
-    for reply in replies:
+    rejected: dict[int, RejectedReply] = {}
+    for reply in replies:  # a node may answer twice (its reply, then an error for the same message): keep a valid one
         k = sent.get(reply.metadata.reply_to_message_id)
-        if k is None or k in replied:
+        if k is None or k in accepted:
             continue
-        replied.add(k)
         try:
             accepted[k] = parse_train_reply(reply, params.numel(), diagnostics)
+            rejected.pop(k, None)
         except RejectedReply as error:
-            say(f"fltrain: round {round_index}: client {k} (SuperNode {federation.nodes[k]}) dropped: {error}")
-    for k in sorted(set(messages) - replied):
+            rejected.setdefault(k, error)
+    for k, error in sorted(rejected.items()):
+        say(f"fltrain: round {round_index}: client {k} (SuperNode {federation.nodes[k]}) dropped: {error}")
+    for k in sorted(set(messages) - set(accepted) - set(rejected)):
         say(f"fltrain: round {round_index}: client {k} (SuperNode {federation.nodes[k]}) dropped: "
             f"no reply within {timeout:g} s")
     return dict(sorted(accepted.items()))
@@ -273,7 +275,8 @@ def serve(cfg: RunConfig, settings: FlowerSettings, grid: Grid, say: Say = _say)
         cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped, out=str(out),
     )
     (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")
-    say("fltrain: summary " + json.dumps(asdict(summary)))
+    say(f"fltrain: done: {completed} of {cfg.rounds} rounds, test_accuracy {accuracy:.4f}, epsilon "
+        f"{'-' if summary.epsilon is None else format(summary.epsilon, '.4f')}; {out / SUMMARY}")
     return summary
 
 

@@ -12,8 +12,9 @@ from flwr.serverapp import Grid
 
 from fltrain.flower.client_app import handle_query, handle_train
 
-#: a fault turns the reply a node would send (or the exception it raised) into what it sends instead (None: silence)
-Fault = Callable[[Message, "Message | None"], "Message | None"]
+#: a fault turns the reply a node would send (or the exception it raised) into what it sends instead: a message,
+#: several (a node that answers twice), or None (silence)
+Fault = Callable[[Message, "Message | None"], "Message | list[Message] | None"]
 
 
 def nan_delta(message: Message, reply: Message | None) -> Message:
@@ -44,6 +45,17 @@ def crash(message: Message, reply: Message | None) -> Message:
     return Message(Error(code=0, reason="<class 'RuntimeError'>:<'node crashed'>"), reply_to=message)
 
 
+def answer_then_error(message: Message, reply: Message | None) -> list[Message]:
+    """The reply, then an error for the same message (what a SuperNode sends when the ClientApp's task token
+    expires after it replied)."""
+    return [reply, crash(message, reply)]
+
+
+def error_then_answer(message: Message, reply: Message | None) -> list[Message]:
+    """An error, then the reply, for the same message."""
+    return [crash(message, reply), reply]
+
+
 def silent(message: Message, reply: Message | None) -> None:
     """Never reply (a node that died or hangs)."""
     return None
@@ -59,7 +71,7 @@ class FakeGrid(Grid):
                          for i, config in enumerate(node_configs)}
         self.faults = faults or {}
         self.sent: list[Message] = []
-        self._replies: dict[str, Message] = {}
+        self._replies: dict[str, list[Message]] = {}
 
     @property
     def run(self):  # pragma: no cover - not used by fltrain
@@ -74,7 +86,7 @@ class FakeGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def _handle(self, message: Message) -> Message | None:
+    def _handle(self, message: Message) -> Message | list[Message] | None:
         context = self.contexts[message.metadata.dst_node_id]
         handler = handle_query if message.metadata.message_type == MessageType.QUERY else handle_train
         try:
@@ -94,12 +106,12 @@ class FakeGrid(Grid):
             self.sent.append(message)
             reply = self._handle(message)
             if reply is not None:
-                self._replies[message.metadata.message_id] = reply
+                self._replies[message.metadata.message_id] = reply if isinstance(reply, list) else [reply]
             ids.append(message.metadata.message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+        return [reply for i in list(message_ids) if i in self._replies for reply in self._replies.pop(i)]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))

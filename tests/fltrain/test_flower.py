@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,9 @@ from fltrain.flower.records import (  # noqa: E402
 from fltrain.flower.server_app import serve  # noqa: E402
 from fltrain.run import CHECKPOINT, LEDGER  # noqa: E402
 
-from .flowergrid import FakeGrid, crash, nan_delta, scaled_delta, silent, wrong_shape  # noqa: E402
+from .flowergrid import (  # noqa: E402
+    FakeGrid, answer_then_error, crash, error_then_answer, nan_delta, scaled_delta, silent, wrong_shape,
+)
 from .runs import metrics, private_rows  # noqa: E402
 
 SMALL = {"dataset": "mnist", "train-samples": 900, "test-samples": 200, "clients": 3, "partition": "shards",
@@ -52,7 +55,8 @@ def _run_config(data_root, out, **overrides):
 
 
 def _grid(data_root, run_config, nodes=3, faults=None, data_dirs=None):
-    configs = [{"partition-id": k, "num-partitions": run_config["clients"],
+    cache = Path(run_config["out"]).parent / "node-cache"  # the nodes' partition cache, private to the test
+    configs = [{"partition-id": k, "num-partitions": run_config["clients"], "cache-dir": str(cache),
                 "data-dir": str((data_dirs or {}).get(k, data_root))} for k in range(nodes)]
     return FakeGrid(configs, run_config, faults)
 
@@ -149,18 +153,21 @@ def test_a_run_over_the_grid_writes_fltrain_run_files_and_learns(data_root, tmp_
 
 
 def test_faulty_nodes_are_dropped_with_a_log_line_and_the_round_goes_on(data_root, tmp_path):
-    run_config = _run_config(data_root, tmp_path / "o", clients=5, **{"shards-per-client": 1})
-    faults = {1000: nan_delta, 1001: wrong_shape, 1002: crash, 1003: silent}
+    run_config = _run_config(data_root, tmp_path / "o", clients=7, **{"shards-per-client": 1, "train-samples": 1400})
+    faults = {1000: nan_delta, 1001: wrong_shape, 1002: crash, 1003: silent, 1004: answer_then_error,
+              1005: error_then_answer}
     lines: list[str] = []
-    summary = _serve(run_config, _grid(data_root, run_config, nodes=5, faults=faults), lines)
+    summary = _serve(run_config, _grid(data_root, run_config, nodes=7, faults=faults), lines)
     assert summary.rounds_completed == 2
-    assert [row["clients"] for row in private_rows(tmp_path / "o")] == [1, 1]
+    # the healthy node and the two that answered twice (a valid reply and an error) count
+    assert [row["clients"] for row in private_rows(tmp_path / "o")] == [3, 3]
     for round_index in (1, 2):
         dropped = [line for line in lines if line.startswith(f"fltrain: round {round_index}: client")]
         assert len(dropped) == 4
-        assert "non-finite" in dropped[0] and "shape" in dropped[1] and "node crashed" in dropped[2]
-        assert "no reply" in dropped[3]
-    # the model moved by the one healthy client's update only, and is finite
+        assert "client 0" in dropped[0] and "non-finite" in dropped[0]
+        assert "client 1" in dropped[1] and "shape" in dropped[1]
+        assert "client 2" in dropped[2] and "node crashed" in dropped[2]
+        assert "client 3" in dropped[3] and "no reply" in dropped[3]
     params = torch.load(tmp_path / "o" / CHECKPOINT, weights_only=True)["server"]["params"]
     assert bool(torch.isfinite(params).all())
 
