@@ -312,3 +312,65 @@ def test_client_level_run_samples_clips_noises_and_accounts_every_round(data_roo
     # the movement of the model is bounded by the clip norm and the noise (server momentum 0, lr 1, denominator m)
     initial = torch.from_numpy(sampled[0].content["arrays"]["params"].numpy()) if sampled else params
     assert float((params - initial).norm()) < 2 * (6 * 0.05 + 5 * summary.sigma * 0.05 * params.numel() ** 0.5) / 3
+
+
+def _toml(path: Path, values: dict) -> Path:
+    from fltrain.flower.appdir import toml_value
+
+    lines = [f"{k} = {toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for table, inner in ((k, v) for k, v in values.items() if isinstance(v, dict)):
+        lines += [f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in inner.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("extra,args,fragment", [
+    ({}, ["--nodes", "2"], "--nodes 2: the plan has clients=3"),
+    ({"bogus": 1}, [], "unknown config key 'bogus'"),
+    ({"secure-agg": True}, [], "'secure-agg' is not carried on Flower"),
+    ({"dp": "client"}, [], "client.delta"),
+    ({}, ["--round-timeout", "0"], "round_timeout"),
+])
+def test_flower_command_refuses_bad_input_with_one_line_and_starts_nothing(tmp_path, capsys, extra, args, fragment):
+    from fltrain.cli import main
+
+    config = _toml(tmp_path / "run.toml", {**SMALL, **extra})
+    out = tmp_path / "out"
+    code = main(["flower", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_flower_command_refuses_to_overwrite_a_run_and_writes_the_app(tmp_path, capsys):
+    from fltrain.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("")
+    config = _toml(tmp_path / "run.toml", SMALL)
+    assert main(["flower", "--config", str(config), "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == [
+        "metrics.jsonl"]
+    assert main(["flower", "--write-app", str(tmp_path / "app")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "app" / "pyproject.toml")
+    assert (tmp_path / "app" / "pyproject.toml").read_text() == app_pyproject()
+
+
+def test_a_run_with_an_explicit_sigma_stops_before_exceeding_the_budget(data_root, tmp_path):
+    import dpcalib
+
+    sigma = 1.0
+    two_rounds = dpcalib.epsilon(sigma=sigma, q=0.1, steps=6, delta=1e-5)
+    three_rounds = dpcalib.epsilon(sigma=sigma, q=0.1, steps=9, delta=1e-5)
+    eps = (two_rounds + three_rounds) / 2  # two rounds fit, a third would not
+    run_config = _run_config(data_root, tmp_path / "o", dp="sample", rounds=4,
+                             sample={"eps": eps, "sigma": sigma, "clip": 1.0})
+    lines: list[str] = []
+    grid = _grid(data_root, run_config)
+    summary = _serve(run_config, grid, lines)
+    assert summary.stopped_by_budget and summary.rounds_completed == 2
+    assert [row["round"] for row in metrics(tmp_path / "o")] == [1, 2]
+    assert summary.epsilon == pytest.approx(two_rounds, rel=1e-9) and summary.epsilon <= eps
+    assert {m.content["config"]["round"] for m in grid.sent if m.metadata.message_type == MessageType.TRAIN} == {1, 2}
+    assert any("stopping before round 3" in line for line in lines)
