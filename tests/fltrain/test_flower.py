@@ -54,9 +54,23 @@ def _run_config(data_root, out, **overrides):
     return flower_run_config(values)
 
 
+@pytest.fixture(scope="module")
+def node_cache(tmp_path_factory) -> Path:
+    """The nodes' partition cache, shared by this module's tests (a partition is loaded once per config)."""
+    return tmp_path_factory.mktemp("node-cache")
+
+
+@pytest.fixture(autouse=True)
+def _node_cache(node_cache):
+    global _CACHE
+    _CACHE = node_cache
+
+
+_CACHE: Path | None = None
+
+
 def _grid(data_root, run_config, nodes=3, faults=None, data_dirs=None):
-    cache = Path(run_config["out"]).parent / "node-cache"  # the nodes' partition cache, private to the test
-    configs = [{"partition-id": k, "num-partitions": run_config["clients"], "cache-dir": str(cache),
+    configs = [{"partition-id": k, "num-partitions": run_config["clients"], "cache-dir": str(_CACHE),
                 "data-dir": str((data_dirs or {}).get(k, data_root))} for k in range(nodes)]
     return FakeGrid(configs, run_config, faults)
 
