@@ -75,7 +75,8 @@ class Federation:
 
 
 def connect(grid: Grid, clients: int, wait: float, say: Say = _say, poll: float = 0.5) -> Federation:
-    """Wait up to ``wait`` seconds for ``clients`` SuperNodes, ask each which partition it holds, map them.
+    """Wait up to ``wait`` seconds for ``clients`` SuperNodes, ask each which partition it holds (waiting up to
+    ``wait`` seconds more for the answers: a node loads its data on the first message), map them.
 
     Raises :class:`fltrain.config.ConfigError` (before any training) when fewer nodes connect, when a node cannot
     serve its partition (e.g. its data is missing: its own reason is quoted), or when the partitions
@@ -92,7 +93,7 @@ def connect(grid: Grid, clients: int, wait: float, say: Say = _say, poll: float 
     say(f"fltrain: {len(node_ids)} SuperNodes connected; asking which partition each holds")
     queries = {node: Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY, ttl=wait)
                for node in node_ids}
-    replies = list(grid.send_and_receive(list(queries.values()), timeout=max(1.0, deadline - time.monotonic())))
+    replies = list(grid.send_and_receive(list(queries.values()), timeout=wait))  # a node's first load may be slow
     sent = {message.metadata.message_id: node for node, message in queries.items()}
     holders: dict[int, list[int]] = {}
     problems: list[str] = []
@@ -114,7 +115,7 @@ def connect(grid: Grid, clients: int, wait: float, say: Say = _say, poll: float 
     missing = [k for k in range(clients) if k not in holders]
     twice = sorted(k for k, v in holders.items() if len(v) > 1)
     if missing or twice:
-        reasons = ([f"no SuperNode answered for partition(s) {missing}"] if missing else []) + (
+        reasons = ([f"no SuperNode answered for partition(s) {missing} within {wait:g} s"] if missing else []) + (
             [f"partition(s) held by several SuperNodes: {twice}"] if twice else [])
         raise ConfigError(f"the plan has clients={clients}, one SuperNode per partition; " + "; ".join(reasons))
     return Federation(tuple(holders[k][0] for k in range(clients)))

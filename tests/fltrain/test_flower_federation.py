@@ -17,6 +17,7 @@ pytest.importorskip("flwr")
 import dpcalib  # noqa: E402
 from dpcalib.events import Gaussian, Neighbouring, PoissonSampled, Repeated  # noqa: E402
 
+from fltrain.config import ConfigError  # noqa: E402
 from fltrain.flower.appdir import flower_run_config  # noqa: E402
 from fltrain.flower.launcher import FederationError, LocalFederation  # noqa: E402
 from fltrain.run import LEDGER  # noqa: E402
@@ -54,6 +55,9 @@ def test_record_level_then_client_level_on_three_supernodes(data_root, tmp_path)
     lines: list[str] = []
     federation = LocalFederation(nodes=3, partitions=3, data_dir=data_root, workdir=tmp_path / "flower")
     with federation:
+        with pytest.raises(ConfigError, match="only 3 SuperNode"):  # a plan of 4 clients: refused before training
+            federation.run(_config(data_root, tmp_path / "four", rounds=2, clients=4, **{"node-wait": 2.0}))
+        assert not (tmp_path / "four").exists()
         federation.run(_config(data_root, tmp_path / "record", rounds=2, **RECORD), lines.append)
         federation.run(_config(data_root, tmp_path / "client", rounds=2, **CLIENT), lines.append)
         pids = _started(federation)
