@@ -12,7 +12,9 @@ update.
 - ``fltrain training``: :class:`fltrain.client.LocalTrainer` local steps as a run does them (Poisson sampling of
   the batch from 15,000 records, q = B/15,000), for 1 client, for 4 clients with the default grouping (as many
   clients at once as fill ``max_physical_batch`` = 384 records: one at a time at these batch sizes) and for 4
-  clients stacked into one program (client-steps/s).
+  clients stacked into one program (client-steps/s); "same, torch.Generator noise" is the 1-client case with the
+  noise and batches drawn by ``torch.Generator`` instead of fltrain's secret AES-CTR source (the cost of the
+  cryptographic source).
 
 Usage: ``PYTHONPATH=. python benchmarks/bench_dpsgd.py [--batch 150 256] [--steps 40] [--threads 1]``.
 Reports wall-clock steps/s (and CPU-time steps/s, less sensitive to other processes) and ratios to Opacus.
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from fltrain.client import LocalTrainer, LocalTraining
 from fltrain.dpsgd import make_engine, noisy_gradient
 from fltrain.models import ParamLayout, tanh_cnn
-from fltrain.randomness import SecureRandom
+from fltrain.randomness import ReproducibleRandom, SecureRandom
 
 CLIP, SIGMA, LR, MOMENTUM = 0.1, 1.0, 0.15, 0.9
 
@@ -94,8 +96,9 @@ def _loop_step(x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def _training(batch: int, clients: int, steps: int, parallel: int = 0) -> Callable[[], None]:
-    """``steps`` local steps of ``clients`` clients of 15,000 records each (``parallel`` at a time; 0: auto)."""
+def _training(batch: int, clients: int, steps: int, parallel: int = 0, secure: bool = True) -> Callable[[], None]:
+    """``steps`` local steps of ``clients`` clients of 15,000 records each (``parallel`` at a time; 0: auto), the
+    noise and batches from the secret AES-CTR source (``secure``) or from ``torch.Generator``."""
     model = tanh_cnn()
     layout = ParamLayout.of(model)
     n = 15_000
@@ -106,7 +109,7 @@ def _training(batch: int, clients: int, steps: int, parallel: int = 0) -> Callab
                          noise_multiplier=SIGMA, parallel_clients=parallel)
     trainer = LocalTrainer(layout, make_engine(model), x, y, members, plan)
     start = layout.flatten(dict(model.named_parameters())).detach()
-    gen = SecureRandom()
+    gen = SecureRandom() if secure else ReproducibleRandom(0)
     ids = torch.arange(clients)
     return lambda: trainer.train(start, ids, gen)
 
@@ -147,6 +150,7 @@ def main() -> None:
             "fltrain vmap": (_fltrain_step("vmap", x, y), args.steps, 1),
             "opacus": (_opacus_step(x, y), args.steps, 1),
             "fltrain training, 1 client": (_training(batch, 1, args.steps), 1, args.steps),
+            "  same, torch.Generator noise": (_training(batch, 1, args.steps, secure=False), 1, args.steps),
             "fltrain training, 4 clients": (_training(batch, 4, args.steps // 2), 1, 4 * (args.steps // 2)),
             "fltrain training, 4 stacked": (_training(batch, 4, args.steps // 2, 4), 1, 4 * (args.steps // 2)),
         }

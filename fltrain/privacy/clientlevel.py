@@ -248,6 +248,9 @@ class ClientLevel(PrivacyMode):
             self._last["noisy_fraction_unclipped"] = self.adaptive.step(float(noisy[self.dim]), m)
         return noisy[: self.dim] / m
 
+    def releases(self) -> tuple[str, ...]:
+        return ("clip", "noise_std") + (("noisy_fraction_unclipped",) if self.adaptive is not None else ())
+
     def release(self) -> dict[str, Any]:
         """The clip norm of the round (a setting or a DP release), the std of the released noise (public: a
         function of settings), and with adaptive clipping the noisy fraction of unclipped updates (a DP release)."""

@@ -116,8 +116,13 @@ class PrivacyMode(abc.ABC):
         """``"secure"`` or ``"insecure-reproducible"`` (a simulation without the guarantee)."""
         return NOISE_SECURE if self.rng.secure else NOISE_INSECURE
 
+    def releases(self) -> tuple[str, ...]:
+        """The names of what :meth:`release` publishes every round (besides the global model and ε)."""
+        return ()
+
     def release(self) -> dict[str, Any]:
-        """The public per-round values besides round, ε and accuracy (DP releases or settings)."""
+        """The public per-round values besides round, ε and accuracy (DP releases or settings): the keys of
+        :meth:`releases`."""
         return {}
 
     def describe(self) -> dict[str, Any]:
@@ -125,6 +130,7 @@ class PrivacyMode(abc.ABC):
         return {
             "mode": self.name, "guarantee": self.guarantee, "noise": self.noise_label,
             "plan": self.plan.describe() if self.plan is not None else None,
+            "releases": ["global model after every round", *self.releases()],
         }
 
     # --- checkpoints --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fltrain.config import ConfigError
-from fltrain.data import DataUnavailableError, load_dataset, partition
+from fltrain.data import Dataset, DataUnavailableError, load_dataset, partition, split_validation
 
 
 def _labels(n: int = 6000, seed: int = 0) -> torch.Tensor:
@@ -57,6 +57,22 @@ def test_dirichlet_small_alpha_is_skewed_large_alpha_is_balanced():
         return sum(len(torch.unique(labels[p])) for p in parts) / 20
 
     assert mean_classes(0.05) < 4 < 9.5 < mean_classes(100.0)
+
+
+def test_validation_split_is_a_seeded_disjoint_cut_of_the_training_records():
+    x = torch.arange(1000, dtype=torch.float32).view(1000, 1, 1, 1)  # each record's value is its index
+    data = Dataset("mnist", x, _labels(1000), x[:5], _labels(5), 10)
+    kept, (x_val, y_val) = split_validation(data, 0.25, seed=3)
+    train_ids, val_ids = kept.x_train.flatten().long(), x_val.flatten().long()
+    assert len(val_ids) == 250 and len(train_ids) == 750
+    assert torch.equal(torch.cat([train_ids, val_ids]).sort().values, torch.arange(1000))
+    assert torch.equal(y_val, data.y_train[val_ids]) and torch.equal(kept.y_train, data.y_train[train_ids])
+    assert torch.equal(kept.x_test, data.x_test)  # the test set is untouched
+    again, (x_again, _) = split_validation(data, 0.25, seed=3)
+    assert torch.equal(x_again, x_val)
+    assert not torch.equal(split_validation(data, 0.25, seed=4)[1][0], x_val)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        split_validation(data, 0.0001, seed=0)
 
 
 def test_too_many_pieces_is_a_clear_error():

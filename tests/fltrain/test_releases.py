@@ -87,6 +87,10 @@ def test_no_public_output_carries_the_cohort_size_or_an_unnoised_loss(data_root,
     assert len(sizes) > 1  # a Poisson cohort: the realised size varies, and would leak
     summary = json.loads((out / SUMMARY).read_text())
     assert not _keys(summary) & {"train_loss", "val_accuracy", "num_samples"}
+    declared = set(summary["privacy"]["releases"][1:])  # the mode's list of what it releases each round
+    assert declared == {"clip", "noise_std", "noisy_fraction_unclipped"}
+    assert all(set(row) - declared <= PUBLIC_METRICS - {"clip", "noise_std", "noisy_fraction_unclipped"}
+               for row in rows)
     assert summary["privacy"]["cohort"] == {"sampling": "poisson", "expected_clients": 10.0, "clients": 30}
     ledger = json.loads((out / LEDGER).read_text())
     assert _keys(ledger) <= {"rounds", "accountant", "options", "history", "event", "count", "type", "q", "sigma",
