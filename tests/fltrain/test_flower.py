@@ -32,6 +32,7 @@ from .flowergrid import (  # noqa: E402
     FakeGrid, answer_then_error, crash, error_then_answer, nan_delta, scaled_delta, silent, wrong_shape,
 )
 from .runs import metrics, private_rows  # noqa: E402
+from .test_releases import PUBLIC_METRICS  # noqa: E402
 
 SMALL = {"dataset": "mnist", "train-samples": 900, "test-samples": 200, "clients": 3, "partition": "shards",
          "shards-per-client": 2, "rounds": 2, "local-steps": 3, "batch-size": 30, "lr": 0.1, "model": "logreg",
@@ -315,6 +316,9 @@ def test_client_level_run_samples_clips_noises_and_accounts_every_round(data_roo
         assert row["epsilon"] == pytest.approx(_epsilon_of(event, row["round"], 1e-3, Neighbouring.ADD_REMOVE),
                                                rel=1e-12)
         assert row["clip"] == 0.05 and row["noise_std"] == pytest.approx(summary.sigma * 0.05)
+    declared = set(summary.privacy["releases"][1:])
+    for row in rows:  # only what `fltrain run` may publish, and of the mode's releases only the declared ones
+        assert set(row) <= PUBLIC_METRICS and set(row) & {"clip", "noise_std"} <= declared
     assert "clients" not in rows[0]  # the realised cohort size is private
     params = torch.load(out / CHECKPOINT, weights_only=True)["server"]["params"]
     assert bool(torch.isfinite(params).all())
