@@ -25,6 +25,7 @@ from .config import (
     RunConfig, load_toml, nest,
 )
 from .data import DataUnavailableError
+from .flower.command import flower_command
 
 __all__ = ["main", "cli"]
 
@@ -196,6 +197,9 @@ def run_command(config_file: str | None, resume: bool, **options: Any) -> None:
     cfg = RunConfig.from_dict(values)
     summary = run(cfg, resume=resume, progress=_RoundBar())
     click.echo(json.dumps(dataclasses.asdict(summary), indent=2))
+
+
+cli.add_command(flower_command)  # fltrain on Flower (extra 'flower'); the command itself imports neither flwr nor torch
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
