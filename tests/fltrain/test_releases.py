@@ -94,7 +94,7 @@ def test_no_public_output_carries_the_cohort_size_or_an_unnoised_loss(data_root,
     assert summary["privacy"]["cohort"] == {"sampling": "poisson", "expected_clients": 10.0, "clients": 30}
     ledger = json.loads((out / LEDGER).read_text())
     assert _keys(ledger) <= {"rounds", "accountant", "options", "history", "event", "count", "type", "q", "sigma",
-                             "orders", "conversion", "refine", "neighbouring"}
+                             "orders", "conversion", "refine", "neighbouring", "sampler"}
 
 
 def test_an_interrupted_round_stays_charged_and_its_rerun_is_charged_again(data_root, tmp_path):
