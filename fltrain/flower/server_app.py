@@ -9,18 +9,18 @@ A run (:func:`serve`):
    maps partition ids to nodes.  A node without its data, fewer nodes than the plan's clients, a partition held
    twice or by nobody: one line ``fltrain: error: ...`` on the run's log, and no round runs.
 2. **A round** is :class:`fltrain.fedavg.FedAvgServer`'s, with the cohort's local training done by the SuperNodes
-   (:mod:`.client_app`): if the budget allows another round, the mode charges it to the ledger and ``ledger.json``
-   is synced *before* any noise is drawn (so a round is charged even if a sampled client never answers, and a
-   restarted server never under-counts); ``mode.select()`` draws the cohort among the partitions known when the
-   plan was made (client level: Poisson sampling at the accounted rate ``m/N`` from the secret source, never
-   Flower's fixed-size sample); each sampled client gets a *train* message (:mod:`.records`) with σ, ``q`` (or,
-   with the ``fixed`` and ``shuffle`` samplers, the smallest client's record count the plan accounts, from the
-   partition the server computes as ``fltrain run`` does) and the round's public settings; the server waits up to ``round-timeout`` seconds and keeps the valid replies.  A
-   reply that is an error, lacks a record, has the wrong shape or non-finite values, or does not come in time is
-   dropped with a log line.  The server then applies the mode's ``client_message`` to the deltas it received
-   (client level: it clips every update to ``C`` itself), sums, and ``mode.server_update`` adds the noise and
-   divides by the public denominator (client level: the fixed ``m``, whoever answered); the server optimiser
-   steps.  Without DP, a round without a valid reply leaves the model as it was.
+   (:mod:`.client_app`): if the budget allows another round, the mode charges it to the ledger and ``ledger.json`` is
+   synced *before* any noise is drawn (so a round is charged even if a sampled client never answers, and a restarted
+   server never under-counts); ``mode.select()`` draws the cohort among the partitions known when the plan was made
+   (client level: Poisson sampling at the accounted rate ``m/N`` from the secret source, never Flower's fixed-size
+   sample); each sampled client gets a *train* message (:mod:`.records`) with σ, ``q`` (or, with the ``fixed`` and
+   ``shuffle`` samplers, the smallest client's record count the plan accounts, from the partition the server computes
+   as ``fltrain run`` does) and the round's public settings; the server waits up to ``round-timeout`` seconds and
+   keeps the valid replies. A reply that is an error, lacks a record, has the wrong shape or non-finite values, or
+   does not come in time is dropped with a log line. The server then applies the mode's ``client_message`` to the
+   deltas it received (client level: it clips every update to ``C`` itself), sums, and ``mode.server_update`` adds
+   the noise and divides by the public denominator (client level: the fixed ``m``, whoever answered); the server
+   optimiser steps. Without DP, a round without a valid reply leaves the model as it was.
 3. After every round: the files of ``fltrain run`` (:mod:`fltrain.run`): ``metrics.jsonl`` (public: test
    accuracy, ε, δ, σ, noise source, timings, the mode's releases), ``private-diagnostics.jsonl`` (who answered,
    training loss without DP), ``ledger.json``, an atomic ``checkpoint.pt`` (config, round, parameters, server

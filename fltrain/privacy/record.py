@@ -132,9 +132,10 @@ class RecordLevel(PrivacyMode):
         divisor) have the plan's ``batch_size``, Poisson batches the rate ``q`` and the divisor ``base.batch_size``."""
         assert self.plan is not None
         return LocalTraining(
-            local_steps=base.local_steps, batch_size=self.batch_size or base.batch_size, lr=base.lr, momentum=base.momentum,
-            clip=self.clip, noise_multiplier=self.plan.sigma, rate=self.q, sampler=self.sampler.value,
-            parallel_clients=base.parallel_clients, max_physical_batch=base.max_physical_batch,
+            local_steps=base.local_steps, batch_size=self.batch_size or base.batch_size, lr=base.lr,
+            momentum=base.momentum, clip=self.clip, noise_multiplier=self.plan.sigma, rate=self.q,
+            sampler=self.sampler.value, parallel_clients=base.parallel_clients,
+            max_physical_batch=base.max_physical_batch,
         )
 
     def client_message(self, deltas: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
