@@ -110,9 +110,11 @@ def test_fixed_and_shuffle_runs_charge_the_smallest_clients_event_and_refuse_ano
     from fltrain.data import load_dataset, partition
 
     data = load_dataset("mnist", str(data_root), train_samples=1500, test_samples=1)
-    sizes = [len(m) for m in partition(data.y_train, scheme="shards", clients=3, seed=7, shards_per_client=2)]
+    sizes = [len(m) for m in partition(data.y_train, scheme="dirichlet", clients=3, seed=7, alpha=2.0)]
+    assert len(set(sizes)) == 3  # clients of different sizes: the smallest is accounted
+    settings = dict(dp="sample", partition="dirichlet", alpha=2.0)
     out = tmp_path / "o"
-    summary = run(_config(data_root, out, dp="sample", sample={"sampler": sampler, "eps": 3.0}))
+    summary = run(_config(data_root, out, **settings, sample={"sampler": sampler, "eps": 3.0}))
     assert summary.rounds_completed == 3 and 0 < summary.epsilon <= 3.0
     privacy = summary.privacy
     assert privacy["sampler"] == sampler and privacy["smallest_client_records"] == min(sizes)
@@ -126,4 +128,4 @@ def test_fixed_and_shuffle_runs_charge_the_smallest_clients_event_and_refuse_ano
     assert ledger["accountant"]["options"]["sampler"] == sampler
     other = "poisson" if sampler == "fixed" else "fixed"
     with pytest.raises(ConfigError, match=f"trained with --sampler {sampler}.*cannot continue with --sampler {other}"):
-        run(_config(data_root, out, dp="sample", sample={"sampler": other, "eps": 3.0}), resume=True)
+        run(_config(data_root, out, **settings, sample={"sampler": other, "eps": 3.0}), resume=True)
