@@ -21,8 +21,8 @@ import click
 from dpcalib.errors import DpcalibError
 
 from .config import (
-    ACCOUNTANTS, CLIENT_SAMPLING, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, SERVER_OPTIMIZERS, ConfigError,
-    RunConfig, load_toml, nest,
+    ACCOUNTANTS, CLIENT_SAMPLING, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, SAMPLERS, SERVER_OPTIMIZERS,
+    ConfigError, RunConfig, load_toml, nest,
 )
 from .data import DataUnavailableError
 from .flower.command import flower_command
@@ -47,7 +47,8 @@ _HELP = {
     "server_opt": "server optimiser: sgd (FedAvg/FedAvgM with --server-momentum) or adam (FedAdam, Reddi et al. 2021)",
     "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn; auto picks by dataset",
     "local_steps": "local (DP-)SGD steps per client per round",
-    "batch_size": "expected local batch size B (--dp sample: the public divisor of every noisy sum)",
+    "batch_size": "local batch size B: expected (Poisson batches) or exact (--sampler fixed/shuffle); --dp sample: "
+                  "the public divisor of every noisy sum",
     "lr": "local learning rate (of round 1)",
     "lr_decay": "the local learning rate of round r is lr * lr_decay^(r-1)",
     "momentum": "local SGD momentum",
@@ -79,7 +80,10 @@ _PRIVACY_FLAGS: list[tuple[str, str | None, Any, str, str]] = [
     ("clip", None, float, "clipping norm: per sample (--dp sample) or per client update (--dp client; initial C "
      "if adaptive)", "0.1 (sample), 0.5 (client)"),
     ("accountant", None, click.Choice(ACCOUNTANTS), "dpcalib accountant for calibration and the ledger", "rdp"),
-    ("q", "sample", float, "--dp sample: the public Poisson rate of every client's batches",
+    ("sampler", "sample", click.Choice(SAMPLERS), "--dp sample: each client's batches: poisson (each record with "
+     "rate q; add/remove), fixed (exactly batch-size records; replace-one), shuffle (a permutation per epoch cut into "
+     "batches; replace-one, no amplification claimed)", "poisson"),
+    ("q", "sample", float, "--dp sample --sampler poisson: the public Poisson rate of every client's batches",
      "batch-size x clients / training records"),
     ("expected_clients", "client", float, "--dp client: clients per round m", "client-fraction x clients"),
     ("client_sampling", "client", click.Choice(CLIENT_SAMPLING), "--dp client: poisson (rate m/clients), fixed "

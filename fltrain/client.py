@@ -12,9 +12,10 @@ from typing import Callable
 
 import torch
 
-from .dpsgd import Engine, PoissonSampler, noisy_gradient
+from .dpsgd import Engine, noisy_gradient
 from .models import ParamLayout
 from .randomness import RandomSource
+from .sampling import make_sampler
 
 __all__ = ["LocalTraining", "ClientUpdates", "LocalTrainer"]
 
@@ -24,10 +25,10 @@ class LocalTraining:
     """How every client trains locally.
 
     ``clip=None`` and ``noise_multiplier=0`` give plain (non-private) SGD on Poisson batches of rate
-    ``min(1, batch_size / n_k)``, the loss averaged over the realised batch. Otherwise DP-SGD: every client samples
-    its records with the one public rate ``rate`` and divides the noisy sum by the public ``batch_size``, so that
-    neither the rate nor the divisor depends on a client's record count (record-level DP, see
-    :mod:`fltrain.privacy.record`).
+    ``min(1, batch_size / n_k)``, the loss averaged over the realised batch. Otherwise DP-SGD with the batches of
+    ``sampler`` (:mod:`fltrain.sampling`): ``poisson`` with the one public rate ``rate``, or ``fixed`` / ``shuffle``
+    batches of exactly ``batch_size``; the noisy sum is divided by the public ``batch_size``, so that neither the
+    rate nor the divisor depends on a client's record count (record-level DP, see :mod:`fltrain.privacy.record`).
     """
 
     local_steps: int
@@ -37,6 +38,7 @@ class LocalTraining:
     clip: float | None = None
     noise_multiplier: float = 0.0
     rate: float | None = None
+    sampler: str = "poisson"
     parallel_clients: int = 0
     max_physical_batch: int = 384
 
@@ -130,7 +132,7 @@ class LocalTrainer:
         velocity = torch.zeros_like(flat)
         velocity_parts = self.layout.unflatten(velocity)
         rates = self.rates[ids]
-        sampler = PoissonSampler([self.members[int(i)] for i in ids], rates)
+        sampler = make_sampler(plan.sampler, [self.members[int(i)] for i in ids], rates=rates, batch=plan.batch_size)
         denominator = torch.full((K,), float(plan.batch_size))
         loss_sum = torch.zeros(K)
         count_sum = torch.zeros(K)

@@ -47,6 +47,7 @@ __all__ = [
     "ENGINES",
     "SERVER_OPTIMIZERS",
     "CLIENT_SAMPLING",
+    "SAMPLERS",
     "RUNTIME_FIELDS",
     "MODE_KEYS",
     "CLIENT_DELTA_LIMIT",
@@ -63,6 +64,8 @@ ACCOUNTANTS = tuple(dpcalib.ACCOUNTANTS)
 ENGINES = ("auto", "layerwise", "vmap")
 SERVER_OPTIMIZERS = ("sgd", "adam")
 CLIENT_SAMPLING = ("auto", "poisson", "fixed")
+#: record-level DP-SGD's batch samplers (:class:`dpcalib.Sampler`, :mod:`fltrain.sampling`)
+SAMPLERS = tuple(s.value for s in dpcalib.Sampler)
 #: the default δ of client-level DP, 1/clients^1.1, is used only when it is at most this; below ~534 clients a δ
 #: must be given (a δ near 1/clients allows a mechanism that publishes one client's data outright)
 CLIENT_DELTA_LIMIT = 1e-3
@@ -135,11 +138,16 @@ class SampleDP:
     """Record-level DP (``dp = "sample"``): every client runs DP-SGD (see :mod:`fltrain.privacy.record`).
 
     Attributes:
-        eps, delta: the budget, per record (add/remove of one record of one client).
+        eps, delta: the budget, per record (one record of one client added or removed with the ``poisson``
+            sampler, replaced with ``fixed`` and ``shuffle``).
         sigma: the noise multiplier (noise std / ``clip``) of every DP-SGD step; None: calibrated to (eps, delta).
         clip: the per-sample clipping norm C.
         accountant: the dpcalib accountant of the calibration and the ledger.
-        q: the public Poisson rate of every client's batches; None: ``batch_size × clients / training records``.
+        sampler: how each client forms its batches: ``poisson`` (each record with rate q), ``fixed`` (exactly
+            ``batch_size`` records, a uniformly random subset every step), ``shuffle`` (a random permutation per
+            epoch cut into batches of ``batch_size``; no amplification claimed). See :mod:`fltrain.sampling`.
+        q: the public Poisson rate of every client's batches (``poisson`` only); None: ``batch_size × clients /
+            training records``.
     """
 
     eps: float = 4.0
@@ -147,6 +155,7 @@ class SampleDP:
     sigma: float | None = None
     clip: float = 0.1
     accountant: str = "rdp"
+    sampler: str = "poisson"
     q: float | None = None
 
     def __post_init__(self) -> None:
@@ -156,8 +165,12 @@ class SampleDP:
             check.positive("sample.sigma", self.sigma)
         check.positive("sample.clip", self.clip)
         _choice("sample.accountant", self.accountant, ACCOUNTANTS)
+        _choice("sample.sampler", self.sampler, SAMPLERS)
         if self.q is not None:
             check.rate("sample.q", self.q)
+            if self.sampler != "poisson":
+                raise ConfigError(f"sample.q is the rate of the poisson sampler; the {self.sampler!r} sampler draws "
+                                  "batches of exactly batch_size records (leave q unset)")
         _canonical_numbers(self)
 
 

@@ -1,15 +1,14 @@
-"""DP-SGD (Abadi et al. 2016) for several clients at once: Poisson batches, per-sample clipping, Gaussian noise.
+"""DP-SGD (Abadi et al. 2016) for several clients at once: per-sample clipping and Gaussian noise on a batch.
 
 One noisy gradient of client ``k`` is
 
     g_k = ( Σ_{i ∈ batch_k} clip_C(∇ℓ(θ_k; x_i)) + N(0, σ²C² I) ) / B
 
-with ``clip_C(v) = v · min(1, C / ‖v‖₂)`` over *all* parameters of the model, the batch drawn by Poisson sampling
-(each of the client's records independently with probability ``q``) and the sum divided by a *public* constant
-``B`` (fltrain's record-level mode uses the configured batch size and one public ``q`` for every client), never by
-the realised batch size or the client's record count (which would depend on the data).  This is exactly the
-mechanism the accountant charges: the Poisson-subsampled Gaussian with noise multiplier σ (Mironov, Talwar,
-Zhang 2019).  The noise and the batches come from the caller's :class:`fltrain.randomness.RandomSource`.
+with ``clip_C(v) = v · min(1, C / ‖v‖₂)`` over *all* parameters of the model, the batch drawn by one of the
+samplers of :mod:`fltrain.sampling` (Poisson, fixed-size, shuffled epochs) and the sum divided by a *public*
+constant ``B`` (the configured batch size), never by the realised batch size or the client's record count.  This
+is exactly the mechanism the accountant charges for that sampler, with noise multiplier σ.  The noise and the
+batches come from the caller's :class:`fltrain.randomness.RandomSource`.
 
 Several clients (``K``) are trained together: their parameters carry a leading client dimension and their
 batches are padded to a common size with a 0/1 weight per slot, so one tensor program serves all of them.
@@ -43,7 +42,6 @@ from .randomness import RandomSource
 __all__ = [
     "ClippedSum",
     "Engine",
-    "PoissonSampler",
     "supports_layerwise",
     "make_engine",
     "clip_factors",
@@ -265,39 +263,6 @@ def make_engine(model: nn.Module, name: str = "auto") -> Engine:
     if not supports_layerwise(model):
         raise ValueError("the layerwise engine needs an nn.Sequential of Conv2d/Linear/GroupNorm/activation layers")
     return _layerwise_engine(model)
-
-
-# ------------------------------------------------------------------------------------------ Poisson batches
-class PoissonSampler:
-    """Poisson sampling of batches for a group of clients: record ``i`` of client ``k`` is in a batch
-    independently with probability ``q_k`` (the sampling the Poisson-subsampled Gaussian accountant assumes).
-
-    ``members[k]`` are client ``k``'s indices into the training tensors.  ``sample`` returns padded
-    ``(K, b)`` indices and a ``(K, b)`` 0/1 weight, ``b`` the largest realised batch (0 when all are empty).
-    """
-
-    def __init__(self, members: list[torch.Tensor], rates: torch.Tensor) -> None:
-        sizes = torch.tensor([len(m) for m in members])
-        width = int(sizes.max())
-        self.index = torch.zeros(len(members), width, dtype=torch.int64)
-        for k, m in enumerate(members):
-            self.index[k, : len(m)] = m
-        # torch.rand(float32) draws multiples of 2^-24, so P(U < t) = ceil(t·2^24)/2^24: rounding the rate DOWN to
-        # a multiple of 2^-24 makes every record's inclusion probability at most the q the accountant charges
-        grid = 2.0**24
-        rounded = torch.floor(rates.to(torch.float64) * grid) / grid
-        self.thresholds = torch.where(
-            torch.arange(width).unsqueeze(0) < sizes.unsqueeze(1), rounded.unsqueeze(1).to(torch.float32), -1.0
-        )
-
-    def sample(self, rng: RandomSource) -> tuple[torch.Tensor, torch.Tensor]:
-        draws = rng.rand(self.index.shape)
-        chosen = draws < self.thresholds
-        counts = chosen.sum(1)
-        width = int(counts.max())
-        top = torch.topk(chosen.to(torch.uint8), width, dim=1, sorted=True).indices if width else chosen[:, :0].long()
-        weight = (torch.arange(width).unsqueeze(0) < counts.unsqueeze(1)).to(torch.float32)
-        return self.index.gather(1, top), weight
 
 
 def noisy_gradient(

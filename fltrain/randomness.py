@@ -9,7 +9,7 @@ cannot be pickled, so a checkpoint plus the config do not determine the noise of
 The keystream is turned into tensors as follows (all exact on the bit level):
 
 - uniforms: float32 ``(u >> 8)·2^-24`` from 32-bit words (the multiples of ``2^-24`` in [0, 1), as
-  ``torch.rand`` draws, so :class:`fltrain.dpsgd.PoissonSampler`'s rounding argument holds unchanged); float64
+  ``torch.rand`` draws, so :class:`fltrain.sampling.PoissonSampler`'s rounding argument holds unchanged); float64
   ``(u >> 11)·2^-53`` from 64-bit words;
 - Gaussians: Box–Muller (Box & Muller 1958) in float64 on 53-bit uniforms, ``√(−2 ln u₁)·cos(2π u₂)`` and
   ``·sin(2π u₂)`` with ``u₁ ∈ (0, 1]``, then cast to the requested dtype. Like every floating-point sampler

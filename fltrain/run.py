@@ -182,6 +182,11 @@ def _check_out_dir(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any] | 
         except (ConfigError, DpcalibError, TypeError) as error:
             raise _damaged(checkpoint, f"its config: {error}") from None
         changed = saved.differences(cfg)
+        if "sample.sampler" in changed:
+            raise ConfigError(
+                f"--resume: the run in {str(out)!r} was trained with --sampler {saved.sample.sampler} and its ledger "
+                f"accounts that sampler; it cannot continue with --sampler {cfg.sample.sampler}"
+            )
         if changed:
             raise ConfigError(
                 f"--resume: the checkpoint in {str(out)!r} was written by a different config "
@@ -322,7 +327,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.resolved_model, data.input_shape, data.num_classes)
     layout = ParamLayout.of(model)
-    mode = build_mode(cfg, dim=layout.size, train_records=len(data.y_train))
+    mode = build_mode(cfg, dim=layout.size, train_records=len(data.y_train), client_sizes=[len(m) for m in members])
     summer: Summer = plain_sum
     if cfg.secure_agg:
         from .secagg.aggregate import SecureSum  # needs the cryptography package

@@ -17,11 +17,13 @@ Handlers (Flower Message API):
 - ``train``: the client side of the run's privacy mode (:mod:`fltrain.privacy`), the same object ``fltrain run``
   uses: the node builds the mode from the run config with the σ (and, record-level, the Poisson rate ``q``) that the
   server's plan fixed and that the message carries, adopts the round's public settings
-  (``mode.set_round_config``), trains with ``mode.local_training`` (record-level: DP-SGD at rate ``q``, clip ``C``,
-  noise ``σC``) through :class:`fltrain.client.LocalTrainer`, and replies with its model delta.  The mode's
+  (``mode.set_round_config``), trains with ``mode.local_training`` (record-level: DP-SGD with the run's sampler,
+  at rate ``q`` or in batches of exactly ``batch_size``, clip ``C``, noise ``σC``) through
+  :class:`fltrain.client.LocalTrainer`, and replies with its model delta.  The mode's
   ``client_message`` (the weighting, or client-level clipping) is applied by the server to what it receives: a
   server that clips itself need not trust a client's clipping.  With record-level DP a node refuses (an error
-  reply) when its own rate, from its own config and data, would exceed the accounted ``q``.  Only without DP does
+  reply) when its own rate, from its own config and data, would exceed the accounted ``q`` (``poisson``), or when
+  it holds fewer records than the smallest client the plan accounts (``fixed``, ``shuffle``).  Only without DP does
   the reply carry the record count and training loss (FedAvg's weights need the count); a DP client sends its
   delta alone.
 
@@ -78,24 +80,43 @@ def node_partition(node_config: Mapping[str, Any], clients: int) -> tuple[int, s
     return pid, str(node_config[NODE_DATA_DIR])
 
 
-def client_mode(cfg: RunConfig, instructions: Mapping[str, Any], *, dim: int, train_records: int) -> PrivacyMode:
-    """The run's privacy mode on a client, with the plan's σ (and record-level ``q``) from the server's message and
-    the round's public settings adopted.
+def client_mode(cfg: RunConfig, instructions: Mapping[str, Any], *, dim: int, train_records: int,
+                own_records: int) -> PrivacyMode:
+    """The run's privacy mode on a client holding ``own_records`` records, with the plan's σ (and record-level
+    ``q``, or the smallest client's record count ``records``) from the server's message and the round's public
+    settings adopted.
 
-    Record-level: refuses (:class:`fltrain.config.ConfigError`) when the rate this node would use by its own config
-    and data (``sample.q``, else ``batch_size × clients / its training records``) exceeds the accounted ``q``.
+    Record-level: refuses (:class:`fltrain.config.ConfigError`) when the plan would under-count this node's
+    records: with the ``poisson`` sampler when the rate this node would use by its own config and data
+    (``sample.q``, else ``batch_size × clients / its training records``) exceeds the accounted ``q``; with
+    ``fixed`` and ``shuffle`` when the node holds fewer records than the accounted smallest client.
     """
     if cfg.dp == "sample":
-        q = float(instructions["q"])
-        own = cfg.sample.q if cfg.sample.q is not None else cfg.default_record_rate(train_records)
-        if own > q:
-            raise ConfigError(f"this node's own Poisson rate {own:.6g} (from its config and its {train_records} "
-                              f"training records) exceeds the accounted q = {q:.6g}; refusing to train, the ledger "
-                              "would under-count its records' privacy loss")
-        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma=float(instructions["sigma"]), q=q))
-    elif cfg.dp == "client":
+        section: dict[str, Any] = {"sigma": float(instructions["sigma"])}
+        if cfg.sample.sampler == "poisson":
+            q = float(instructions["q"])
+            own = cfg.sample.q if cfg.sample.q is not None else cfg.default_record_rate(train_records)
+            if own > q:
+                raise ConfigError(f"this node's own Poisson rate {own:.6g} (from its config and its {train_records} "
+                                  f"training records) exceeds the accounted q = {q:.6g}; refusing to train, the "
+                                  "ledger would under-count its records' privacy loss")
+            section["q"] = q
+            sizes = None
+        else:
+            records = int(instructions["records"])
+            if own_records < records:
+                raise ConfigError(f"this node holds {own_records} records, fewer than the smallest client the plan "
+                                  f"accounts ({records}); refusing to train, the ledger would under-count its "
+                                  "records' privacy loss")
+            sizes = [records]
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **section))
+        return _adopt(build_mode(cfg, dim=dim, train_records=train_records, client_sizes=sizes), instructions)
+    if cfg.dp == "client":
         cfg = dataclasses.replace(cfg, client=dataclasses.replace(cfg.client, sigma=float(instructions["sigma"])))
-    mode = build_mode(cfg, dim=dim, train_records=train_records)
+    return _adopt(build_mode(cfg, dim=dim, train_records=train_records), instructions)
+
+
+def _adopt(mode: PrivacyMode, instructions: Mapping[str, Any]) -> PrivacyMode:
     mode.set_round_config({key: instructions[key] for key in mode.round_config()})
     return mode
 
@@ -121,7 +142,8 @@ class LocalClient:
     def train(self, params: torch.Tensor, instructions: Mapping[str, Any]) -> tuple[torch.Tensor, float]:
         """One round of local training from ``params`` as instructed; returns ``(delta, mean training loss)``."""
         cfg = self.cfg
-        mode = client_mode(cfg, instructions, dim=self.layout.size, train_records=self.train_records)
+        mode = client_mode(cfg, instructions, dim=self.layout.size, train_records=self.train_records,
+                           own_records=self.num_samples)
         base = LocalTraining(local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=float(instructions["lr"]),
                              momentum=cfg.momentum, parallel_clients=1, max_physical_batch=cfg.max_physical_batch)
         trainer = LocalTrainer(self.layout, make_engine(self.model, cfg.engine), self.x, self.y, [self.members],

@@ -8,7 +8,8 @@ A *train* message holds
 
 - ``arrays`` (:class:`flwr.app.ArrayRecord`): ``params``, the flat global parameter vector (float32, P);
 - ``config`` (:class:`flwr.app.ConfigRecord`): the round and what the server fixed for it: the local learning rate
-  ``lr``, with DP the plan's noise multiplier ``sigma`` and, record-level, its Poisson rate ``q``, and the mode's
+  ``lr``, with DP the plan's noise multiplier ``sigma`` and, record-level, its Poisson rate ``q`` (or, with the
+  ``fixed`` and ``shuffle`` samplers, ``records``: the smallest client's record count), and the mode's
   public round settings (``PrivacyMode.round_config``, e.g. the client-level clip norm ``clip``).
 
 Its reply holds ``arrays`` with ``delta`` (local − global parameters, float32, P) and, only without DP, ``metrics``

@@ -9,17 +9,18 @@ A run (:func:`serve`):
    maps partition ids to nodes.  A node without its data, fewer nodes than the plan's clients, a partition held
    twice or by nobody: one line ``fltrain: error: ...`` on the run's log, and no round runs.
 2. **A round** is :class:`fltrain.fedavg.FedAvgServer`'s, with the cohort's local training done by the SuperNodes
-   (:mod:`.client_app`): if the budget allows another round, the mode charges it to the ledger and ``ledger.json``
-   is synced *before* any noise is drawn (so a round is charged even if a sampled client never answers, and a
-   restarted server never under-counts); ``mode.select()`` draws the cohort among the partitions known when the
-   plan was made (client level: Poisson sampling at the accounted rate ``m/N`` from the secret source, never
-   Flower's fixed-size sample); each sampled client gets a *train* message (:mod:`.records`) with σ, ``q`` and
-   the round's public settings; the server waits up to ``round-timeout`` seconds and keeps the valid replies.  A
-   reply that is an error, lacks a record, has the wrong shape or non-finite values, or does not come in time is
-   dropped with a log line.  The server then applies the mode's ``client_message`` to the deltas it received
-   (client level: it clips every update to ``C`` itself), sums, and ``mode.server_update`` adds the noise and
-   divides by the public denominator (client level: the fixed ``m``, whoever answered); the server optimiser
-   steps.  Without DP, a round without a valid reply leaves the model as it was.
+   (:mod:`.client_app`): if the budget allows another round, the mode charges it to the ledger and ``ledger.json`` is
+   synced *before* any noise is drawn (so a round is charged even if a sampled client never answers, and a restarted
+   server never under-counts); ``mode.select()`` draws the cohort among the partitions known when the plan was made
+   (client level: Poisson sampling at the accounted rate ``m/N`` from the secret source, never Flower's fixed-size
+   sample); each sampled client gets a *train* message (:mod:`.records`) with σ, ``q`` (or, with the ``fixed`` and
+   ``shuffle`` samplers, the smallest client's record count the plan accounts, from the partition the server computes
+   as ``fltrain run`` does) and the round's public settings; the server waits up to ``round-timeout`` seconds and
+   keeps the valid replies. A reply that is an error, lacks a record, has the wrong shape or non-finite values, or
+   does not come in time is dropped with a log line. The server then applies the mode's ``client_message`` to the
+   deltas it received (client level: it clips every update to ``C`` itself), sums, and ``mode.server_update`` adds
+   the noise and divides by the public denominator (client level: the fixed ``m``, whoever answered); the server
+   optimiser steps. Without DP, a round without a valid reply leaves the model as it was.
 3. After every round: the files of ``fltrain run`` (:mod:`fltrain.run`): ``metrics.jsonl`` (public: test
    accuracy, ε, δ, σ, noise source, timings, the mode's releases), ``private-diagnostics.jsonl`` (who answered,
    training loss without DP), ``ledger.json``, an atomic ``checkpoint.pt`` (config, round, parameters, server
@@ -45,7 +46,7 @@ from flwr.serverapp import Grid, ServerApp
 from dpcalib.errors import DpcalibError
 
 from ..config import ConfigError, RunConfig
-from ..data import DataUnavailableError, load_dataset, split_validation
+from ..data import DataUnavailableError, load_dataset, partition, split_validation
 from ..models import ParamLayout, build_model
 from ..privacy import ClientLevel, PrivacyMode, RecordLevel, build_mode
 from ..run import (
@@ -122,13 +123,17 @@ def connect(grid: Grid, clients: int, wait: float, say: Say = _say, poll: float 
 
 
 def train_instructions(mode: PrivacyMode, round_index: int, lr: float) -> dict[str, Any]:
-    """What a round's train messages carry: the round, the local learning rate, the plan's σ and (record-level)
-    rate ``q``, and the mode's public round settings (:meth:`PrivacyMode.round_config`)."""
+    """What a round's train messages carry: the round, the local learning rate, the plan's σ and, record-level,
+    the rate ``q`` (``poisson``) or the smallest client's record count ``records`` (``fixed``, ``shuffle``: the
+    plan's, public under replace-one), and the mode's public round settings (:meth:`PrivacyMode.round_config`)."""
     instructions: dict[str, Any] = {"round": round_index, "lr": lr, **mode.round_config()}
     if mode.plan is not None:
         instructions["sigma"] = mode.plan.sigma
     if isinstance(mode, RecordLevel):
-        instructions["q"] = mode.q
+        if mode.q is not None:
+            instructions["q"] = mode.q
+        else:
+            instructions["records"] = mode.records
     return instructions
 
 
@@ -196,7 +201,9 @@ def serve(cfg: RunConfig, settings: FlowerSettings, grid: Grid, say: Say = _say)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.resolved_model, data.input_shape, data.num_classes)
     layout = ParamLayout.of(model)
-    mode = build_mode(cfg, dim=layout.size, train_records=len(data.y_train))
+    members = partition(data.y_train, scheme=cfg.partition, clients=cfg.clients, seed=cfg.seed,
+                        shards_per_client=cfg.shards_per_client, alpha=cfg.alpha)
+    mode = build_mode(cfg, dim=layout.size, train_records=len(data.y_train), client_sizes=[len(m) for m in members])
     federation = connect(grid, cfg.clients, settings.node_wait, say)
     optimizer = make_server_optimizer(cfg.server_opt, lr=cfg.server_lr, momentum=cfg.server_momentum)
     params = layout.flatten(dict(model.named_parameters())).detach().clone()

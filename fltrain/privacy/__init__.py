@@ -1,7 +1,8 @@
 """Privacy modes of fltrain: each one object that owns its plan, its randomness, its cohort, the client's and the
 server's steps of a round, its ledger and what it releases (see :mod:`.mode` for the round).
 
-- :class:`~.record.RecordLevel` (``dp = "sample"``): DP-SGD on every client, record-level, add/remove;
+- :class:`~.record.RecordLevel` (``dp = "sample"``): DP-SGD on every client, record-level (add/remove with
+  Poisson batches, replace-one with fixed-size batches or shuffled epochs);
 - :class:`~.clientlevel.ClientLevel` (``dp = "client"``): DP-FedAvg, client-level (add/remove with a Poisson cohort
   and central noise, replace-one with a fixed cohort and distributed noise under secure aggregation);
 - :class:`~.none.NoPrivacy` (``dp = "none"``): FedAvg.
@@ -10,6 +11,8 @@ server's steps of a round, its ledger and what it releases (see :mod:`.mode` for
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from ..config import RunConfig
 from ..randomness import RandomSource, ReproducibleRandom, SecureRandom
@@ -32,18 +35,25 @@ def _rng(cfg: RunConfig) -> RandomSource:
     return ReproducibleRandom(cfg.seed + 1) if cfg.insecure_reproducible_noise else SecureRandom()
 
 
-def build_mode(cfg: RunConfig, *, dim: int, train_records: int) -> PrivacyMode:
+def build_mode(cfg: RunConfig, *, dim: int, train_records: int, client_sizes: list[int] | None = None) -> PrivacyMode:
     """The privacy mode of ``cfg`` for a model of ``dim`` parameters trained on ``train_records`` records (the
-    public size of the training set; it sets the default record-level rate). Plans (calibrates σ) on the way."""
+    public size of the training set; it sets the default record-level rate). Plans (calibrates σ) on the way.
+
+    ``client_sizes``: the clients' record counts, needed by record-level DP with the ``fixed`` and ``shuffle``
+    samplers (public under their replace-one relation; the plan is the smallest client's)."""
     n = cfg.clients
     if cfg.dp == "none":
         return NoPrivacy(cohort=FixedCohort(n, cfg.cohort_size), seed=cfg.seed, train_records=train_records)
     if cfg.dp == "sample":
         s = cfg.sample
-        q = s.q if s.q is not None else cfg.default_record_rate(train_records)
-        return RecordLevel.create(cohort=FixedCohort(n, cfg.cohort_size), rng=_rng(cfg), q=q,
-                                  local_steps=cfg.local_steps, rounds=cfg.rounds, eps=s.eps, delta=s.delta,
-                                  clip=s.clip, accountant=s.accountant, sigma=s.sigma)
+        if s.sampler == "poisson":
+            q = s.q if s.q is not None else cfg.default_record_rate(train_records)
+            batches: dict[str, Any] = {"q": q}
+        else:
+            batches = {"batch_size": cfg.batch_size, "client_sizes": client_sizes}
+        return RecordLevel.create(cohort=FixedCohort(n, cfg.cohort_size), rng=_rng(cfg), local_steps=cfg.local_steps,
+                                  rounds=cfg.rounds, eps=s.eps, delta=s.delta, clip=s.clip, accountant=s.accountant,
+                                  sigma=s.sigma, sampler=s.sampler, **batches)
     c = cfg.client
     m = cfg.clients_per_round
     cohort = FixedCohort(n, round(m)) if cfg.client_sampling == "fixed" else PoissonCohort(n, m)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import dpcalib
 from dpcalib import validation as check
 from dpcalib.errors import UnreachableTargetError
-from dpcalib.events import Event, Neighbouring, Repeated, event_to_dict
+from dpcalib.events import Event, Neighbouring, Repeated, Sampler, event_to_dict, sampler_of
 
 __all__ = ["PrivacyPlan", "make_plan", "PrivacyLedger"]
 
@@ -35,6 +35,11 @@ class PrivacyPlan:
     calibrated: bool
 
     @property
+    def sampler(self) -> Sampler | None:
+        """The sampler whose batches (of records, or of clients) the round event describes; None without sampling."""
+        return sampler_of(self.round_event)
+
+    @property
     def run_event(self) -> Event:
         """The whole planned run."""
         return Repeated(self.round_event, self.rounds)
@@ -44,7 +49,8 @@ class PrivacyPlan:
         return {
             "sigma": self.sigma, "round_event": event_to_dict(self.round_event), "rounds": self.rounds,
             "eps": self.eps, "delta": self.delta, "accountant": self.accountant,
-            "neighbouring": self.neighbouring.value, "calibrated": self.calibrated,
+            "neighbouring": self.neighbouring.value, "sampler": None if self.sampler is None else self.sampler.value,
+            "calibrated": self.calibrated,
         }
 
 
@@ -90,12 +96,13 @@ def make_plan(
 
 class PrivacyLedger:
     """ε spent so far: a dpcalib accountant charged one ``plan.round_event`` per round that released anything.
-    ``epsilon()`` is the accountant's upper bound at the plan's δ."""
+    ``epsilon()`` is the accountant's upper bound at the plan's δ. The accountant is a ledger of the plan's sampler
+    (its state records it): a saved ledger of another sampler is refused on load."""
 
     def __init__(self, plan: PrivacyPlan, accountant: dpcalib.Accountant | None = None, rounds: int = 0) -> None:
         self.plan = plan
         self.accountant = accountant if accountant is not None else dpcalib.make_accountant(
-            plan.accountant, neighbouring=plan.neighbouring)
+            plan.accountant, neighbouring=plan.neighbouring, sampler=plan.sampler)
         self.rounds = rounds
 
     def epsilon(self) -> float:
@@ -122,4 +129,5 @@ class PrivacyLedger:
 
     @classmethod
     def from_state_dict(cls, plan: PrivacyPlan, state: Mapping[str, Any]) -> "PrivacyLedger":
-        return cls(plan, dpcalib.accountant_from_state_dict(state["accountant"]), int(state["rounds"]))
+        return cls(plan, dpcalib.accountant_from_state_dict(state["accountant"], sampler=plan.sampler),
+                   int(state["rounds"]))

@@ -35,7 +35,9 @@ def test_help_lists_every_option_with_a_default(capsys):
      (["--dp", "client", "--clients", "1000", "--server-opt", "adam", "--server-momentum", "0.9"],
       "server_momentum"),
      (["--secure-agg", "--clients", "1"], "at least 2 clients"), (["--bogus", "1"], "bogus"),
-     (["--client-fraction", "1.5"], "client_fraction"), (["--rounds", "x"], "x")],
+     (["--client-fraction", "1.5"], "client_fraction"), (["--rounds", "x"], "x"),
+     (["--sampler", "uniform"], "uniform"), (["--sampler", "fixed", "--q", "0.1"], "sample.q"),
+     (["--dp", "client", "--sampler", "fixed"], "--sampler")],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, fragment):
     out = tmp_path / "out"
@@ -49,6 +51,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
 @pytest.mark.parametrize(
     "args,fragment",
     [(["--train-samples", "100", "--clients", "4", "--batch-size", "30", "--dp", "sample"], "batch_size=30"),
+     (["--train-samples", "100", "--clients", "4", "--batch-size", "30", "--sampler", "shuffle"], "batch_size=30"),
      (["--dp", "client", "--clients", "1000", "--train-samples", "2000", "--adaptive-clip", "--eps", "0.5",
        "--count-noise-std", "0.01"], "count_noise_std")],
 )

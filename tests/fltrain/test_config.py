@@ -26,6 +26,7 @@ def test_bad_values_name_the_argument(field, value):
     "section,field,value",
     [("sample", "clip", -1.0), ("sample", "clip", 0.0), ("sample", "eps", 0.0), ("sample", "delta", 1.0),
      ("sample", "delta", 0.0), ("sample", "sigma", -0.5), ("sample", "accountant", "moments"), ("sample", "q", 1.5),
+     ("sample", "sampler", "uniform"),
      ("client", "target_quantile", 1.0), ("client", "clip_lr", 0.0), ("client", "count_noise_std", -1.0),
      ("client", "sampling", "stratified"), ("client", "adaptive_clip", 1), ("client", "min_survivors", 1)],
 )
@@ -121,3 +122,13 @@ def test_differences_ignore_runtime_fields_and_name_mode_keys():
     assert base.differences(RunConfig(threads=2, out="elsewhere", data_dir="d")) == []
     assert base.differences(RunConfig(lr=0.1, rounds=3)) == ["rounds", "lr"]
     assert base.differences(RunConfig(sample={"clip": 0.2}, client={"eps": 1.0})) == ["sample.clip", "client.eps"]
+
+
+def test_sampler_is_a_sample_key_default_poisson_and_q_belongs_to_poisson():
+    assert RunConfig().sample.sampler == "poisson"
+    assert RunConfig.from_dict({"sample": {"sampler": "shuffle"}}).sample.sampler == "shuffle"
+    assert RunConfig.from_dict({"dp": "sample", "sampler": "fixed"}).sample.sampler == "fixed"  # flat, as before
+    with pytest.raises(ConfigError, match="sample.q is the rate of the poisson sampler"):
+        RunConfig(sample={"sampler": "fixed", "q": 0.1})
+    with pytest.raises(ConfigError, match="'sampler' is a setting of dp='sample'"):
+        RunConfig.from_dict({"dp": "client", "clients": 1000, "sampler": "fixed"})

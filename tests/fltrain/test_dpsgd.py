@@ -1,4 +1,4 @@
-"""DP-SGD pieces: per-sample gradients of both engines, clipping, noise, Poisson batches."""
+"""DP-SGD pieces: per-sample gradients of both engines, clipping, noise."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fltrain.dpsgd import PoissonSampler, make_engine, noisy_gradient, supports_layerwise
+from fltrain.dpsgd import make_engine, noisy_gradient, supports_layerwise
 from fltrain.models import ParamLayout, cifar_cnn, logistic_regression, mlp, tanh_cnn
 from fltrain.randomness import ReproducibleRandom, SecureRandom
 
@@ -157,36 +157,3 @@ def test_micro_batches_give_the_same_clipped_sum():
     torch.testing.assert_close(loss_whole, loss_parts)
 
 
-def test_poisson_inclusion_probability_never_exceeds_the_accounted_rate():
-    rates = torch.tensor([0.1, 0.01, 1 / 3, 1.0], dtype=torch.float64)
-    sampler = PoissonSampler([torch.arange(5)] * 4, rates)
-    # U ~ torch.rand(float32) takes the values k / 2^24, so P(U < t) = ceil(t · 2^24) / 2^24
-    probability = torch.ceil(sampler.thresholds[:, 0].double() * 2**24) / 2**24
-    assert bool((probability <= rates).all())
-    assert bool((rates - probability < 2**-24).all())
-    assert float(torch.tensor(0.1, dtype=torch.float32)) > 0.1  # a plain float32 cast would round 0.1 up
-
-
-def test_poisson_batch_sizes_have_binomial_mean_and_variance():
-    members = [torch.arange(1000), torch.arange(1000, 1400)]
-    rates = torch.tensor([0.05, 0.2])
-    sampler = PoissonSampler(members, rates)
-    gen = SecureRandom()  # the source of a real run
-    draws = 4000
-    sizes = torch.zeros(draws, 2)
-    hits = torch.zeros(1400)
-    for t in range(draws):
-        index, weight = sampler.sample(gen)
-        sizes[t] = weight.sum(1)
-        for k in range(2):
-            chosen = index[k][weight[k] > 0]
-            assert len(set(chosen.tolist())) == len(chosen)  # no record twice in a batch
-            assert bool(((chosen >= members[k][0]) & (chosen <= members[k][-1])).all())  # only the client's own
-            hits[chosen] += 1
-    for k, (n, q) in enumerate([(1000, 0.05), (400, 0.2)]):
-        mean, var = n * q, n * q * (1 - q)
-        assert abs(float(sizes[:, k].mean()) - mean) < 5 * math.sqrt(var / draws)
-        assert abs(float(sizes[:, k].var()) - var) < 5 * var * math.sqrt(2 / (draws - 1))
-    # every record is included with its client's rate (mean over the client's records)
-    assert float(hits[:1000].mean()) / draws == pytest.approx(0.05, rel=0.02)
-    assert float(hits[1000:].mean()) / draws == pytest.approx(0.2, rel=0.02)

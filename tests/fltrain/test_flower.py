@@ -392,3 +392,35 @@ def test_a_run_with_an_explicit_sigma_stops_before_exceeding_the_budget(data_roo
     assert summary.epsilon == pytest.approx(two_rounds, rel=1e-9) and summary.epsilon <= eps
     assert {m.content["config"]["round"] for m in grid.sent if m.metadata.message_type == MessageType.TRAIN} == {1, 2}
     assert any("stopping before round 3" in line for line in lines)
+
+
+@pytest.mark.parametrize("sampler", ["fixed", "shuffle"])
+def test_fixed_and_shuffle_runs_send_the_accounted_smallest_client_and_keep_its_ledger(data_root, tmp_path, sampler):
+    from fltrain.data import load_dataset, partition
+    from fltrain.privacy.record import record_round_event
+
+    out = tmp_path / "o"
+    run_config = _run_config(data_root, out, dp="sample", sample={"eps": 2.0, "clip": 1.0, "sampler": sampler})
+    grid = _grid(data_root, run_config)
+    summary = _serve(run_config, grid)
+    data = load_dataset("mnist", str(data_root), train_samples=900, test_samples=1)
+    smallest = min(len(m) for m in partition(data.y_train, scheme="shards", clients=3, seed=7, shards_per_client=2))
+    trained = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert {m.content["config"]["records"] for m in trained} == {smallest}
+    assert all("q" not in m.content["config"] for m in trained)
+    assert private_rows(out)[0]["clients"] == 3  # every node trained (none refused)
+    event = record_round_event(summary.sigma, local_steps=3, sampler=sampler, records=smallest, batch_size=30)
+    for row in metrics(out):
+        assert row["epsilon"] == pytest.approx(_epsilon_of(event, row["round"], 1e-5, "replace_one"), rel=1e-12)
+    assert summary.privacy["sampler"] == sampler and 0 < summary.epsilon <= 2.0
+
+
+def test_a_node_with_fewer_records_than_the_accounted_smallest_client_refuses(data_root, tmp_path):
+    run_config = _run_config(data_root, tmp_path / "o", dp="sample", rounds=1, sample={"sampler": "fixed"})
+    lines: list[str] = []
+    grid = _grid(data_root, run_config)
+    grid.contexts[1002].run_config["train-samples"] = 600  # this node's partition is smaller than the plan's
+    _serve(run_config, grid, lines)
+    (line,) = [line for line in lines if "dropped" in line]
+    assert "client 2" in line and "fewer than the smallest client the plan accounts" in line and "refusing" in line
+    assert private_rows(tmp_path / "o")[0]["clients"] == 2

@@ -101,3 +101,31 @@ def test_end_to_end_dp_fedavg_on_real_mnist_learns_within_budget(data_root, tmp_
     assert [row["round"] for row in rows] == [1, 2, 3]
     assert 0 < rows[0]["epsilon"] < rows[-1]["epsilon"] == summary["epsilon"] <= 4.0
     assert summary["test_accuracy"] == rows[-1]["test_accuracy"] > 0.6  # chance is 0.1
+
+
+@pytest.mark.parametrize("sampler", ["fixed", "shuffle"])
+def test_fixed_and_shuffle_runs_charge_the_smallest_clients_event_and_refuse_another_sampler(data_root, tmp_path,
+                                                                                           sampler):
+    import dpcalib
+    from fltrain.data import load_dataset, partition
+
+    data = load_dataset("mnist", str(data_root), train_samples=1500, test_samples=1)
+    sizes = [len(m) for m in partition(data.y_train, scheme="dirichlet", clients=3, seed=7, alpha=2.0)]
+    assert len(set(sizes)) == 3  # clients of different sizes: the smallest is accounted
+    settings = dict(dp="sample", partition="dirichlet", alpha=2.0)
+    out = tmp_path / "o"
+    summary = run(_config(data_root, out, **settings, sample={"sampler": sampler, "eps": 3.0}))
+    assert summary.rounds_completed == 3 and 0 < summary.epsilon <= 3.0
+    privacy = summary.privacy
+    assert privacy["sampler"] == sampler and privacy["smallest_client_records"] == min(sizes)
+    assert privacy["plan"]["neighbouring"] == "replace_one" and "replace-one" in privacy["guarantee"]
+    event = dpcalib.training_event(sampler, sigma=summary.sigma, steps=4, dataset_size=min(sizes), batch_size=40)
+    for row in metrics(out):
+        expected = dpcalib.event_epsilon(dpcalib.Repeated(event, row["round"]), delta=1e-5,
+                                         neighbouring="replace_one")
+        assert row["epsilon"] == pytest.approx(expected, rel=1e-9)
+    ledger = json.loads((out / "ledger.json").read_text())
+    assert ledger["accountant"]["options"]["sampler"] == sampler
+    other = "poisson" if sampler == "fixed" else "fixed"
+    with pytest.raises(ConfigError, match=f"trained with --sampler {sampler}.*cannot continue with --sampler {other}"):
+        run(_config(data_root, out, **settings, sample={"sampler": other, "eps": 3.0}), resume=True)
