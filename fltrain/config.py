@@ -183,7 +183,7 @@ class ClientDP:
             :data:`CLIENT_DELTA_LIMIT`, else refused (give a δ).
         sigma: the noise multiplier (noise std / ``clip``) of each round's release; None: calibrated.
         clip: the (initial) clip norm of a client's whole update.
-        accountant: the dpcalib accountant (``rdp`` only for a fixed cohort: replace-one accounting).
+        accountant: the dpcalib accountant (a fixed cohort is accounted under replace-one by either).
         expected_clients: m, clients per round; None: ``client_fraction × clients``.
         sampling: ``poisson`` (each client with rate m/N; central noise only), ``fixed`` (exactly m, uniformly),
             ``auto`` (fixed with secure aggregation, else poisson).
@@ -375,9 +375,6 @@ class RunConfig:
             if m != round(m) or (self.secure_agg and m < 2):
                 raise InvalidArgumentError("client.expected_clients", m, "an integer (at least 2 with secure_agg) "
                                            "for a fixed-size cohort")
-            if c.accountant != "rdp":
-                raise ConfigError(f"client.accountant={c.accountant!r} has no replace-one accounting for a fixed-size "
-                                  "cohort; use client.accountant='rdp'")
         if c.min_survivors is not None:
             if not self.secure_agg:
                 raise ConfigError("client.min_survivors applies to distributed noise (secure_agg) only")

@@ -107,20 +107,21 @@ def test_distributed_release_has_the_declared_variance_for_every_cohort_size(k: 
     assert floor == k and declared == pytest.approx((z * clip) ** 2)  # t = k: exactly the calibrated variance
 
 
-def test_distributed_ledger_equals_dpcalib_for_the_fixed_cohort_event() -> None:
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_distributed_ledger_equals_dpcalib_for_the_fixed_cohort_event(accountant: str) -> None:
     cohort = FixedCohort(200, 20)
     mode = ClientLevel.create(cohort=cohort, rng=SecureRandom(), dim=10, rounds=30, eps=4.0, delta=1e-5, clip=1.0,
-                              accountant="rdp", distributed=True)
+                              accountant=accountant, distributed=True)
     z = mode.plan.sigma
     assert mode.plan.round_event == SampledWithoutReplacement(200, 20, Gaussian(z))
     assert mode.plan.neighbouring is Neighbouring.REPLACE_ONE
     for _ in range(30):
         spent = mode.charge_round()
     expected = dpcalib.event_epsilon(dpcalib.Repeated(SampledWithoutReplacement(200, 20, Gaussian(z)), 30),
-                                     delta=1e-5, accountant="rdp", neighbouring="replace_one")
+                                     delta=1e-5, accountant=accountant, neighbouring="replace_one")
     assert spent == pytest.approx(expected, rel=1e-12) and spent <= 4.0
     assert z == dpcalib.calibrate_sigma_for(lambda s: dpcalib.Repeated(SampledWithoutReplacement(200, 20, Gaussian(s)),
-                                                                       30), eps=4.0, delta=1e-5,
+                                                                       30), eps=4.0, delta=1e-5, accountant=accountant,
                                             neighbouring="replace_one")
 
 
