@@ -66,6 +66,7 @@ _CLUSTER_OFFSETS = np.concatenate([[1.0, 2.0, 3.0], 4.0 * 16.0 ** np.arange(8)])
 _GUARD = 4.0
 # The grid on which the refinement's model of the objective is minimised, as fractions of the bracket.
 _MODEL_GRID = np.linspace(0.0, 1.0, 64)
+_MODEL_POINTS = 6
 _SMALLEST_POSITIVE = float(np.finfo(np.float64).smallest_subnormal)
 
 
@@ -257,7 +258,7 @@ class _OrderSearch:
 
     def evaluate(self, points: NDArray[np.float64]) -> None:
         """Evaluate the curve and the objective at the points not yet evaluated; update the best."""
-        points = points[[p not in self.values for p in points.tolist()]] if points.size else points
+        points = points[~self.known(points)]
         if points.size == 0:
             return
         r = np.asarray(self.curve(points), dtype=np.float64)
@@ -270,6 +271,11 @@ class _OrderSearch:
         i = int(np.argmin(values))
         if values[i] < self.best_value or (values[i] == self.best_value and points[i] < self.best_order):
             self.best_value, self.best_order = float(values[i]), float(points[i])
+
+    def known(self, points: NDArray[np.float64]) -> NDArray[np.bool_]:
+        """Which of ``points`` have been evaluated (a vectorised lookup in the sorted known orders)."""
+        i = np.minimum(np.searchsorted(self.orders, points), self.orders.size - 1)
+        return self.orders[i] == points
 
     def promising(self, points: NDArray[np.float64]) -> NDArray[np.float64]:
         """The points whose objective could still beat the best: evaluated at a lower bound of their RDP. The KL
@@ -301,7 +307,7 @@ class _OrderSearch:
                 self.zoom(start)
                 start = None
             before = self.best_order
-            self.evaluate(self.promising(grid[[g not in self.values for g in grid.tolist()]]))
+            self.evaluate(self.promising(grid[~self.known(grid)]))
             if not refine or self.best_order == before:
                 break
         at_edge = self.best_order <= self.low_edge or self.best_order >= float(grid[-1])
@@ -341,7 +347,9 @@ class _OrderSearch:
         """Converge on the best order inside :meth:`bracket`, to a bracket narrower than ``_ZOOM_RTOL`` × the order.
 
         Where the bracket is at least 4 wide, integer orders (exact and cheap) narrow it: a geometric sample of at
-        most 16 of them, repeated until all remaining ones fit. Then guarded model rounds, each one vectorised call:
+        most 16 of them, repeated until all remaining ones fit. Then rounds of one vectorised call each: the first
+        subdivides the bracket evenly (``_ZOOM_POINTS`` points; a model through orders a unit apart can miss the
+        minimum by 0.1), unless ``start`` lies in the bracket; the next ones are guarded model rounds, in which
         :meth:`vertex` predicts the minimum v (``start`` instead, in the first round, if it lies in the bracket),
         and the round evaluates v, v ± d, 2d, 3d, and v ± 4d·16^j out to the bracket's ends (d = 0.45 × the
         tolerance × v), plus the bracket's quarter points. A prediction within 4d of the minimum ends the search
@@ -363,7 +371,7 @@ class _OrderSearch:
                 break
             sample = np.unique(np.round(np.geomspace(inside[0], inside[-1], _MAX_INTEGER_BATCH)))
             lo, hi = self.narrow(sample, lo, hi, screen=True)
-        modelled = True
+        modelled = False
         for _ in range(_ZOOM_MAX_ROUNDS):
             width = hi - lo
             if width <= _ZOOM_RTOL * self.best_order:
@@ -386,26 +394,32 @@ class _OrderSearch:
         """Where a model of the objective is smallest inside (lo, hi); None with fewer than four evaluated orders,
         or where the best value is shared by a neighbour.
 
-        Only the RDP part is modelled: the cumulant K(α) = (α - 1) ε_RDP(α), smooth and convex, is interpolated by
-        the cubic through the four evaluated orders nearest the best one, and the conversion is applied exactly to
+        Only the RDP part is modelled: the logarithm of the cumulant K(α) = (α - 1) ε_RDP(α) (K is smooth, convex
+        and positive; its logarithm also follows the steep rise at small q, where K itself grows like exp(α²)) is
+        interpolated by the polynomial through the ``_MODEL_POINTS`` = 6 evaluated orders nearest the best one
+        (fewer if fewer are known, at least four; with six, one round from an even subdivision of a unit bracket
+        usually lands within the final tolerance), and the conversion is applied exactly to
         the model, which is then minimised on a grid of 64 points (``_MODEL_GRID``) and by a parabola through the
         grid's best three (a Newton-like step that also follows the conversion's own asymmetry about the minimum).
         A guess only: it picks where to evaluate.
         """
         b = self.best_order
         i = int(np.searchsorted(self.orders, b))
-        first = min(max(i - 2, 1), self.orders.size - 4)
-        if first < 1 or not lo < b < hi or self.best_value in (self.values.get(lo), self.values.get(hi)):
+        n = min(_MODEL_POINTS, self.orders.size - 1)
+        first = min(max(i - n // 2, 1), self.orders.size - n)
+        if n < 4 or not lo < b < hi or self.best_value in (self.values.get(lo), self.values.get(hi)):
             return None  # too few points, or a plateau (a clamped bound): no model can tell where the dip is
-        x0, x1, x2, x3 = self.orders[first:first + 4].tolist()
-        y0, y1, y2, y3 = self.cumulants[first:first + 4].tolist()
-        # Newton's divided differences of the cubic through the four points
-        d01, d12, d23 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1), (y3 - y2) / (x3 - x2)
-        d012, d123 = (d12 - d01) / (x2 - x0), (d23 - d12) / (x3 - x1)
-        d0123 = (d123 - d012) / (x3 - x0)
+        xs = self.orders[first:first + n]
+        coef = np.log(self.cumulants[first:first + n])
+        for j in range(1, n):  # Newton's divided differences of the polynomial through the points
+            coef[j:] = (coef[j:] - coef[j - 1:-1]) / (xs[j:] - xs[:-j])
+        xs, coef = xs.tolist(), coef.tolist()
         x = lo + (hi - lo) * _MODEL_GRID
-        model = y0 + (x - x0) * (d01 + (x - x1) * (d012 + (x - x2) * d0123))
-        g = self.objective(x, np.maximum(model, 0.0) / (x - 1.0), False).tolist()
+        model = np.full_like(x, coef[-1])
+        for j in range(n - 2, -1, -1):
+            model = model * (x - xs[j]) + coef[j]
+        with np.errstate(over="ignore"):
+            g = self.objective(x, np.exp(model) / (x - 1.0), False).tolist()
         k = min(max(int(np.argmin(g)), 1), len(g) - 2)
         curvature = g[k - 1] - 2.0 * g[k] + g[k + 1]  # then the parabola through the grid's best three points
         shift = 0.5 * (g[k - 1] - g[k + 1]) / curvature if curvature > 0.0 else 0.0
