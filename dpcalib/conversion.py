@@ -67,6 +67,8 @@ _GUARD = 4.0
 # The grid on which the refinement's model of the objective is minimised, as fractions of the bracket.
 _MODEL_GRID = np.linspace(0.0, 1.0, 64)
 _MODEL_POINTS = 6
+# The relative half-width of the window around a warm start that a local search (optimise_epsilon's `local`) explores.
+_NEAR_WIDTH = 1.0 / 16.0
 _SMALLEST_POSITIVE = float(np.finfo(np.float64).smallest_subnormal)
 
 
@@ -174,16 +176,21 @@ def optimise_epsilon(
     refine: bool = True,
     warn: bool = True,
     start: float | None = None,
+    local: bool = False,
 ) -> Conversion:
     """The smallest ε(δ) over ``orders`` (default :data:`~dpcalib.rdp.DEFAULT_ORDERS`) and, with ``refine``, the
     continuous minimum around the best one. ``curve(orders)`` returns the RDP of the composition at those orders.
     ``start``: an order near which the minimum is expected (e.g. the one found for a nearby mechanism); the
     refinement tries it first, which saves rounds when it is close and costs little when it is not. The result is
     the same minimum either way, to the refinement's tolerance (~1e-12 relative in ε), not bit for bit.
+    ``local`` (with ``start`` and ``refine``): converge on the minimum within ±1/16 of ``start`` alone, without
+    the grid, whenever evaluated orders bracket it there (else the whole search runs): the same value when the
+    objective is unimodal in α, as the refinement assumes anyway, at a fraction of the cost; for the intermediate
+    points of a root search, whose answer is then evaluated without it.
     Warns :class:`~dpcalib.errors.OrderRangeWarning` (if ``warn``) when the best order is at the edge."""
     delta = check.open_unit("delta", delta)
     _check_method(method)
-    result = _minimise(curve, lambda a, r, kl: _epsilon_bounds(a, r, delta, method, kl), orders, refine, start)
+    result = _minimise(curve, lambda a, r, kl: _epsilon_bounds(a, r, delta, method, kl), orders, refine, start, local)
     if warn and result.at_edge and result.value > 0.0:
         _warn_edge(result)
     return result
@@ -223,11 +230,12 @@ def _minimise(
     orders: ArrayLike | None,
     refine: bool,
     start: float | None = None,
+    local: bool = False,
 ) -> Conversion:
     """Minimise ``objective(α, curve(α), kl)`` over the grid and, with ``refine``, converge on the continuous
     minimum (see :class:`_OrderSearch`)."""
     grid = DEFAULT_ORDERS if orders is None else np.unique(check_orders(orders))  # the default is sorted, unique
-    return _OrderSearch(curve, objective, grid).run(refine, start)
+    return _OrderSearch(curve, objective, grid).run(refine, start, local)
 
 
 class _OrderSearch:
@@ -291,8 +299,10 @@ class _OrderSearch:
             bounds = np.where(above, self.objective(points, lower, False), self.objective(points, lower, True))
         return points[bounds < self.best_value]
 
-    def run(self, refine: bool, start: float | None = None) -> Conversion:
+    def run(self, refine: bool, start: float | None = None, local: bool = False) -> Conversion:
         grid = self.grid
+        if local and refine and start is not None and self.near(start):
+            return self.result()
         anchors = (grid == np.round(grid)) & (grid <= _BATCH_MAX_ORDER)
         anchors[0] = anchors[0] or not anchors.any()
         self.evaluate(grid[anchors])
@@ -310,8 +320,24 @@ class _OrderSearch:
             self.evaluate(self.promising(grid[~self.known(grid)]))
             if not refine or self.best_order == before:
                 break
-        at_edge = self.best_order <= self.low_edge or self.best_order >= float(grid[-1])
+        return self.result()
+
+    def result(self) -> Conversion:
+        at_edge = self.best_order <= self.low_edge or self.best_order >= float(self.grid[-1])
         return Conversion(self.best_value, self.best_order, bool(at_edge))
+
+    def near(self, start: float) -> bool:
+        """:meth:`zoom` from ``start`` inside start × (1 ± ``_NEAR_WIDTH``) alone (see :func:`optimise_epsilon`'s
+        ``local``); whether the best order found has evaluated orders on both sides (a bracketed minimum)."""
+        self.low_edge = min(MIN_ORDER, float(self.grid[0]))
+        lo = max(start * (1.0 - _NEAR_WIDTH), self.low_edge)
+        hi = min(start * (1.0 + _NEAR_WIDTH), float(self.grid[-1]))
+        if not lo < start < hi or hi - lo >= 4.0:  # (wider windows would be narrowed by integer orders first)
+            return False
+        self.zoom(start, (lo, hi))
+        b = self.best_order
+        i = int(np.searchsorted(self.orders, b))
+        return lo < b < hi and i + 1 < self.orders.size and self.orders[i - 1] >= lo and self.orders[i + 1] <= hi
 
     def bracket(self) -> tuple[float, float]:
         """The evaluated orders next to the best one: the continuous minimum lies between them if the objective is
@@ -343,7 +369,7 @@ class _OrderSearch:
         below, above = points[points < b], points[points > b]
         return (max(lo, float(below.max())) if below.size else lo), (min(hi, float(above.min())) if above.size else hi)
 
-    def zoom(self, start: float | None = None) -> None:
+    def zoom(self, start: float | None = None, bracket: tuple[float, float] | None = None) -> None:
         """Converge on the best order inside :meth:`bracket`, to a bracket narrower than ``_ZOOM_RTOL`` × the order.
 
         Where the bracket is at least 4 wide, integer orders (exact and cheap) narrow it: a geometric sample of at
@@ -362,7 +388,7 @@ class _OrderSearch:
         which a fixed-size local grid would not guarantee (its points move with the optimum). Every value
         reported was evaluated at a real order, so it is a valid bound regardless.
         """
-        lo, hi = self.bracket()
+        lo, hi = self.bracket() if bracket is None else bracket
         while hi - lo >= 4.0:
             inside = np.arange(math.floor(lo) + 1, math.ceil(hi), dtype=np.float64)
             inside = inside[(inside > lo) & (inside < hi)]
@@ -387,7 +413,13 @@ class _OrderSearch:
                 d = d[d < width]
                 points = np.concatenate([[vertex], vertex - d, vertex + d, lo + width * np.array([0.25, 0.5, 0.75])])
                 points = points[(points > lo) & (points < hi)]
-            lo, hi = self.narrow(points, lo, hi, screen=False)
+            if bracket is not None:  # a local search: its window's ends too, in the first round
+                points, ends, bracket = np.append(points, bracket), bracket, None
+                lo, hi = self.narrow(points, lo, hi, screen=False)
+                if self.best_order in ends:
+                    return  # the minimum is not inside the window
+            else:
+                lo, hi = self.narrow(points, lo, hi, screen=False)
             modelled = hi - lo <= width / _GUARD
 
     def vertex(self, lo: float, hi: float) -> float | None:
