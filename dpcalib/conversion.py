@@ -441,15 +441,16 @@ class _OrderSearch:
         first = min(max(i - n // 2, 1), self.orders.size - n)
         if n < 4 or not lo < b < hi or self.best_value in (self.values.get(lo), self.values.get(hi)):
             return None  # too few points, or a plateau (a clamped bound): no model can tell where the dip is
-        xs = self.orders[first:first + n]
-        coef = np.log(self.cumulants[first:first + n])
+        xs = self.orders[first:first + n].tolist()
+        coef = [math.log(k) if k > 0.0 else -math.inf for k in self.cumulants[first:first + n].tolist()]
         for j in range(1, n):  # Newton's divided differences of the polynomial through the points
-            coef[j:] = (coef[j:] - coef[j - 1:-1]) / (xs[j:] - xs[:-j])
-        xs, coef = xs.tolist(), coef.tolist()
+            for m in range(n - 1, j - 1, -1):
+                coef[m] = (coef[m] - coef[m - 1]) / (xs[m] - xs[m - j])
         x = lo + (hi - lo) * _MODEL_GRID
-        model = np.full_like(x, coef[-1])
-        for j in range(n - 2, -1, -1):
-            model = model * (x - xs[j]) + coef[j]
+        model = (x - xs[n - 2]) * coef[n - 1] + coef[n - 2]
+        for j in range(n - 3, -1, -1):
+            model *= x - xs[j]
+            model += coef[j]
         with np.errstate(over="ignore"):
             g = self.objective(x, np.exp(model) / (x - 1.0), False).tolist()
         k = min(max(int(np.argmin(g)), 1), len(g) - 2)
@@ -466,15 +467,18 @@ def _rdp_lower_bound(a: NDArray[np.float64], k: NDArray[np.float64], points: NDA
     so K lies above the extensions of the chords through neighbouring known points. A relative margin of 1e-9
     absorbs rounding in the known values.
     """
-    r = np.zeros_like(k)
-    r[1:] = k[1:] / (a[1:] - 1.0)
-    r = np.maximum.accumulate(r)
-    last = a.size - 1
-    i = np.clip(np.searchsorted(a, points, side="right") - 1, 0, last)
-    il, i1, i2 = np.maximum(i - 1, 0), np.minimum(i + 1, last), np.minimum(i + 2, last)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        chord_left = np.where(i >= 1, k[i] + (points - a[i]) * (k[i] - k[il]) / (a[i] - a[il]), -np.inf)
-        chord_right = np.where(i + 2 <= last, k[i1] - (a[i1] - points) * (k[i2] - k[i1]) / (a[i2] - a[i1]), -np.inf)
-    lb_k = np.maximum(np.maximum((points - 1.0) * r[i], chord_left), chord_right)
-    lb_k = lb_k - 1e-9 * np.abs(lb_k)
+    r = np.empty_like(k)
+    r[0] = 0.0
+    np.divide(k[1:], a[1:] - 1.0, out=r[1:])
+    np.maximum.accumulate(r, out=r)
+    # the chord slopes, padded so that a missing neighbour gives a chord of -inf
+    i = np.searchsorted(a, points, side="right") - 1  # a[i] ≤ point < a[i+1]; i ≥ 0 since a[0] = 1 < point
+    with np.errstate(invalid="ignore"):  # (an infinite K gives NaN slopes: no bound from them)
+        slope = (k[1:] - k[:-1]) / (a[1:] - a[:-1])
+        left = np.concatenate([[-math.inf], slope])  # left[i]: the chord through a[i-1], a[i]
+        right = np.concatenate([slope[1:], [math.inf, math.inf]])  # right[i]: through a[i+1], a[i+2]
+        a_next, k_next = np.append(a[1:], math.inf), np.append(k[1:], -math.inf)
+        lb_k = np.fmax((points - 1.0) * r[i], k[i] + (points - a[i]) * left[i])
+        lb_k = np.fmax(lb_k, k_next[i] - (a_next[i] - points) * right[i])
+        lb_k -= 1e-9 * np.abs(lb_k)
     return np.maximum(lb_k, 0.0) / (points - 1.0)
