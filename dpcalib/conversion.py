@@ -55,7 +55,7 @@ Curve = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 _BATCH_MAX_ORDER = 64.0
 # The refinement around the best order: points of each even subdivision, the relative bracket width at which it
 # stops, and a cap on its rounds.
-_ZOOM_POINTS = 24
+_ZOOM_POINTS = 16
 _ZOOM_RTOL = 1e-6
 _ZOOM_MAX_ROUNDS = 40
 _MAX_INTEGER_BATCH = 16
@@ -266,7 +266,7 @@ class _OrderSearch:
 
     def evaluate(self, points: NDArray[np.float64]) -> None:
         """Evaluate the curve and the objective at the points not yet evaluated; update the best."""
-        points = points[~self.known(points)]
+        points = np.unique(points[~self.known(points)])  # (sorted, each order once)
         if points.size == 0:
             return
         r = np.asarray(self.curve(points), dtype=np.float64)

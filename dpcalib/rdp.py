@@ -98,19 +98,22 @@ def poisson_curve(q: float, sigma: float, alpha: NDArray[np.float64]) -> NDArray
     if q == 1.0:
         return alpha / (2.0 * sigma * sigma)
     integer = alpha == np.round(alpha)
-    if integer.all():  # rounded up to the smallest double, as below
-        return np.maximum(np.logaddexp(0.0, _log_a_minus_1_int(q, sigma, alpha)) / (alpha - 1.0), _SMALLEST_POSITIVE)
-    log_am1 = np.empty_like(alpha)
-    if integer.any():
-        log_am1[integer] = _log_a_minus_1_int(q, sigma, alpha[integer])
-    frac = ~integer
     s = 1.0 / sigma
-    moment = frac & (s <= _MOMENT_MAX_S) & (alpha * q * s <= _MOMENT_MAX_AQS)
-    series = frac & ~moment
-    if moment.any():
-        log_am1[moment] = _log_a_minus_1_moments(q, sigma, alpha[moment])
-    if series.any():
-        log_am1[series] = _log_a_minus_1_frac(q, sigma, alpha[series])
+    if integer.all():
+        log_am1 = _log_a_minus_1_int(q, sigma, alpha)
+    elif s > _MOMENT_MAX_S and not integer.any():  # the order search's fractional rounds: one series call
+        log_am1 = _log_a_minus_1_frac(q, sigma, alpha)
+    else:
+        log_am1 = np.empty_like(alpha)
+        if integer.any():
+            log_am1[integer] = _log_a_minus_1_int(q, sigma, alpha[integer])
+        frac = ~integer
+        moment = frac & (s <= _MOMENT_MAX_S) & (alpha * q * s <= _MOMENT_MAX_AQS)
+        series = frac & ~moment
+        if moment.any():
+            log_am1[moment] = _log_a_minus_1_moments(q, sigma, alpha[moment])
+        if series.any():
+            log_am1[series] = _log_a_minus_1_frac(q, sigma, alpha[series])
     # a true RDP > 0 below the smallest double (q = 1e-181, σ = 1e6) rounds up to it, never down to 0: a curve of 0
     # would let the conversion certify ε = 0 (the KL rule) where the true δ(0) is 3e-188
     return np.maximum(np.logaddexp(0.0, log_am1) / (alpha - 1.0), _SMALLEST_POSITIVE)
@@ -221,8 +224,10 @@ def _log_w_m_phi(x: NDArray[np.float64], t: NDArray[np.float64], z0: float, sigm
     from scipy import special
 
     # both forms everywhere, then the accurate one of each (erfcx overflows to inf on the t ≥ 0 side, unused)
-    direct = x * log_w + x * (x - 1.0) / (2.0 * sigma * sigma) + special.log_ndtr(t)
-    tail = np.log(0.5 * special.erfcx(t * -math.sqrt(0.5))) - z0 * z0 / (2.0 * sigma * sigma)
+    direct = x * (log_w + (x - 1.0) * (0.5 / (sigma * sigma)))
+    direct += special.log_ndtr(t)
+    tail = np.log(special.erfcx(t * -math.sqrt(0.5)))
+    tail += math.log(0.5) - z0 * z0 / (2.0 * sigma * sigma)
     return np.where(t >= 0.0, direct, tail)
 
 
