@@ -266,9 +266,10 @@ class _OrderSearch:
 
     def evaluate(self, points: NDArray[np.float64]) -> None:
         """Evaluate the curve and the objective at the points not yet evaluated; update the best."""
-        points = np.unique(points[~self.known(points)])  # (sorted, each order once)
+        points = np.sort(points[~self.known(points)])
         if points.size == 0:
             return
+        points = points[np.append(True, points[1:] != points[:-1])]  # each order once
         r = np.asarray(self.curve(points), dtype=np.float64)
         a = np.concatenate([self.orders, points])
         idx = np.argsort(a)
