@@ -141,10 +141,14 @@ class Accountant(abc.ABC):
     def from_state_dict(cls, state: Mapping[str, Any]) -> "Accountant":
         """Rebuild the accountant saved by :meth:`state_dict`."""
 
-    def epsilon_and_order(self, delta: float, start: float | None = None) -> tuple[float, float | None]:
+    def epsilon_and_order(
+        self, delta: float, start: float | None = None, local: bool = False
+    ) -> tuple[float, float | None]:
         """ε at ``delta`` and the RDP order attaining it (``None`` for accountants without orders). ``start``: an
         order near which to begin the order search (e.g. the last one returned for a similar mechanism;
-        accountants without orders ignore it); it changes the answer only within the search's tolerance."""
+        accountants without orders ignore it); it changes the answer only within the search's tolerance.
+        ``local``: search near ``start`` only where that brackets the minimum (see
+        :func:`dpcalib.conversion.optimise_epsilon`): for the intermediate points of a calibration."""
         return self.epsilon(delta), None
 
     # -- shared bookkeeping ------------------------------------------------------------------------------
@@ -301,10 +305,10 @@ class RdpAccountant(Accountant):
             return rdp.without_replacement_gaussian_rdp(leaf.n, leaf.batch, sigma, alpha)
         return alpha / (2.0 * sigma * sigma)  # Gaussian, and ShuffledEpoch: one Gaussian per epoch
 
-    def epsilon_and_order(self, delta: float, start: float | None = None) -> tuple[float, float]:
+    def epsilon_and_order(self, delta: float, start: float | None = None, local: bool = False) -> tuple[float, float]:
         """The smallest ε at ``delta`` over the order grid (refined), and the order attaining it (see
-        :meth:`Accountant.epsilon_and_order` for ``start``)."""
-        result = self._convert_epsilon(delta, warn=True, start=start)
+        :meth:`Accountant.epsilon_and_order` for ``start`` and ``local``)."""
+        result = self._convert_epsilon(delta, warn=True, start=start, local=local)
         return result.value, result.order
 
     def epsilon(self, delta: float) -> float:
@@ -320,8 +324,8 @@ class RdpAccountant(Accountant):
         """δ(ε): an upper bound, by the conversion chosen at construction (see :mod:`dpcalib.conversion`)."""
         return self.delta_and_order(eps)[0]
 
-    def _convert_epsilon(self, delta: float, warn: bool, start: float | None = None) -> Conversion:
-        return optimise_epsilon(self._curve, delta, self.orders, self.conversion, self.refine, warn, start)
+    def _convert_epsilon(self, delta: float, warn: bool, start: float | None = None, local: bool = False) -> Conversion:
+        return optimise_epsilon(self._curve, delta, self.orders, self.conversion, self.refine, warn, start, local)
 
     def state_dict(self) -> dict[str, Any]:
         return self._state(

@@ -55,7 +55,7 @@ Curve = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 _BATCH_MAX_ORDER = 64.0
 # The refinement around the best order: points of each even subdivision, the relative bracket width at which it
 # stops, and a cap on its rounds.
-_ZOOM_POINTS = 24
+_ZOOM_POINTS = 16
 _ZOOM_RTOL = 1e-6
 _ZOOM_MAX_ROUNDS = 40
 _MAX_INTEGER_BATCH = 16
@@ -66,6 +66,9 @@ _CLUSTER_OFFSETS = np.concatenate([[1.0, 2.0, 3.0], 4.0 * 16.0 ** np.arange(8)])
 _GUARD = 4.0
 # The grid on which the refinement's model of the objective is minimised, as fractions of the bracket.
 _MODEL_GRID = np.linspace(0.0, 1.0, 64)
+_MODEL_POINTS = 6
+# The relative half-width of the window around a warm start that a local search (optimise_epsilon's `local`) explores.
+_NEAR_WIDTH = 1.0 / 16.0
 _SMALLEST_POSITIVE = float(np.finfo(np.float64).smallest_subnormal)
 
 
@@ -173,16 +176,21 @@ def optimise_epsilon(
     refine: bool = True,
     warn: bool = True,
     start: float | None = None,
+    local: bool = False,
 ) -> Conversion:
     """The smallest ε(δ) over ``orders`` (default :data:`~dpcalib.rdp.DEFAULT_ORDERS`) and, with ``refine``, the
     continuous minimum around the best one. ``curve(orders)`` returns the RDP of the composition at those orders.
     ``start``: an order near which the minimum is expected (e.g. the one found for a nearby mechanism); the
     refinement tries it first, which saves rounds when it is close and costs little when it is not. The result is
     the same minimum either way, to the refinement's tolerance (~1e-12 relative in ε), not bit for bit.
+    ``local`` (with ``start`` and ``refine``): converge on the minimum within ±1/16 of ``start`` alone, without
+    the grid, whenever evaluated orders bracket it there (else the whole search runs): the same value when the
+    objective is unimodal in α, as the refinement assumes anyway, at a fraction of the cost; for the intermediate
+    points of a root search, whose answer is then evaluated without it.
     Warns :class:`~dpcalib.errors.OrderRangeWarning` (if ``warn``) when the best order is at the edge."""
     delta = check.open_unit("delta", delta)
     _check_method(method)
-    result = _minimise(curve, lambda a, r, kl: _epsilon_bounds(a, r, delta, method, kl), orders, refine, start)
+    result = _minimise(curve, lambda a, r, kl: _epsilon_bounds(a, r, delta, method, kl), orders, refine, start, local)
     if warn and result.at_edge and result.value > 0.0:
         _warn_edge(result)
     return result
@@ -222,11 +230,12 @@ def _minimise(
     orders: ArrayLike | None,
     refine: bool,
     start: float | None = None,
+    local: bool = False,
 ) -> Conversion:
     """Minimise ``objective(α, curve(α), kl)`` over the grid and, with ``refine``, converge on the continuous
     minimum (see :class:`_OrderSearch`)."""
     grid = DEFAULT_ORDERS if orders is None else np.unique(check_orders(orders))  # the default is sorted, unique
-    return _OrderSearch(curve, objective, grid).run(refine, start)
+    return _OrderSearch(curve, objective, grid).run(refine, start, local)
 
 
 class _OrderSearch:
@@ -257,9 +266,10 @@ class _OrderSearch:
 
     def evaluate(self, points: NDArray[np.float64]) -> None:
         """Evaluate the curve and the objective at the points not yet evaluated; update the best."""
-        points = points[[p not in self.values for p in points.tolist()]] if points.size else points
+        points = np.sort(points[~self.known(points)])
         if points.size == 0:
             return
+        points = points[np.append(True, points[1:] != points[:-1])]  # each order once
         r = np.asarray(self.curve(points), dtype=np.float64)
         a = np.concatenate([self.orders, points])
         idx = np.argsort(a)
@@ -270,6 +280,11 @@ class _OrderSearch:
         i = int(np.argmin(values))
         if values[i] < self.best_value or (values[i] == self.best_value and points[i] < self.best_order):
             self.best_value, self.best_order = float(values[i]), float(points[i])
+
+    def known(self, points: NDArray[np.float64]) -> NDArray[np.bool_]:
+        """Which of ``points`` have been evaluated (a vectorised lookup in the sorted known orders)."""
+        i = np.minimum(np.searchsorted(self.orders, points), self.orders.size - 1)
+        return self.orders[i] == points
 
     def promising(self, points: NDArray[np.float64]) -> NDArray[np.float64]:
         """The points whose objective could still beat the best: evaluated at a lower bound of their RDP. The KL
@@ -285,8 +300,10 @@ class _OrderSearch:
             bounds = np.where(above, self.objective(points, lower, False), self.objective(points, lower, True))
         return points[bounds < self.best_value]
 
-    def run(self, refine: bool, start: float | None = None) -> Conversion:
+    def run(self, refine: bool, start: float | None = None, local: bool = False) -> Conversion:
         grid = self.grid
+        if local and refine and start is not None and self.near(start):
+            return self.result()
         anchors = (grid == np.round(grid)) & (grid <= _BATCH_MAX_ORDER)
         anchors[0] = anchors[0] or not anchors.any()
         self.evaluate(grid[anchors])
@@ -301,11 +318,27 @@ class _OrderSearch:
                 self.zoom(start)
                 start = None
             before = self.best_order
-            self.evaluate(self.promising(grid[[g not in self.values for g in grid.tolist()]]))
+            self.evaluate(self.promising(grid[~self.known(grid)]))
             if not refine or self.best_order == before:
                 break
-        at_edge = self.best_order <= self.low_edge or self.best_order >= float(grid[-1])
+        return self.result()
+
+    def result(self) -> Conversion:
+        at_edge = self.best_order <= self.low_edge or self.best_order >= float(self.grid[-1])
         return Conversion(self.best_value, self.best_order, bool(at_edge))
+
+    def near(self, start: float) -> bool:
+        """:meth:`zoom` from ``start`` inside start × (1 ± ``_NEAR_WIDTH``) alone (see :func:`optimise_epsilon`'s
+        ``local``); whether the best order found has evaluated orders on both sides (a bracketed minimum)."""
+        self.low_edge = min(MIN_ORDER, float(self.grid[0]))
+        lo = max(start * (1.0 - _NEAR_WIDTH), self.low_edge)
+        hi = min(start * (1.0 + _NEAR_WIDTH), float(self.grid[-1]))
+        if not lo < start < hi or hi - lo >= 4.0:  # (wider windows would be narrowed by integer orders first)
+            return False
+        self.zoom(start, (lo, hi))
+        b = self.best_order
+        i = int(np.searchsorted(self.orders, b))
+        return lo < b < hi and i + 1 < self.orders.size and self.orders[i - 1] >= lo and self.orders[i + 1] <= hi
 
     def bracket(self) -> tuple[float, float]:
         """The evaluated orders next to the best one: the continuous minimum lies between them if the objective is
@@ -337,11 +370,13 @@ class _OrderSearch:
         below, above = points[points < b], points[points > b]
         return (max(lo, float(below.max())) if below.size else lo), (min(hi, float(above.min())) if above.size else hi)
 
-    def zoom(self, start: float | None = None) -> None:
+    def zoom(self, start: float | None = None, bracket: tuple[float, float] | None = None) -> None:
         """Converge on the best order inside :meth:`bracket`, to a bracket narrower than ``_ZOOM_RTOL`` × the order.
 
         Where the bracket is at least 4 wide, integer orders (exact and cheap) narrow it: a geometric sample of at
-        most 16 of them, repeated until all remaining ones fit. Then guarded model rounds, each one vectorised call:
+        most 16 of them, repeated until all remaining ones fit. Then rounds of one vectorised call each: the first
+        subdivides the bracket evenly (``_ZOOM_POINTS`` points; a model through orders a unit apart can miss the
+        minimum by 0.1), unless ``start`` lies in the bracket; the next ones are guarded model rounds, in which
         :meth:`vertex` predicts the minimum v (``start`` instead, in the first round, if it lies in the bracket),
         and the round evaluates v, v ± d, 2d, 3d, and v ± 4d·16^j out to the bracket's ends (d = 0.45 × the
         tolerance × v), plus the bracket's quarter points. A prediction within 4d of the minimum ends the search
@@ -354,7 +389,7 @@ class _OrderSearch:
         which a fixed-size local grid would not guarantee (its points move with the optimum). Every value
         reported was evaluated at a real order, so it is a valid bound regardless.
         """
-        lo, hi = self.bracket()
+        lo, hi = self.bracket() if bracket is None else bracket
         while hi - lo >= 4.0:
             inside = np.arange(math.floor(lo) + 1, math.ceil(hi), dtype=np.float64)
             inside = inside[(inside > lo) & (inside < hi)]
@@ -363,7 +398,7 @@ class _OrderSearch:
                 break
             sample = np.unique(np.round(np.geomspace(inside[0], inside[-1], _MAX_INTEGER_BATCH)))
             lo, hi = self.narrow(sample, lo, hi, screen=True)
-        modelled = True
+        modelled = False
         for _ in range(_ZOOM_MAX_ROUNDS):
             width = hi - lo
             if width <= _ZOOM_RTOL * self.best_order:
@@ -379,33 +414,46 @@ class _OrderSearch:
                 d = d[d < width]
                 points = np.concatenate([[vertex], vertex - d, vertex + d, lo + width * np.array([0.25, 0.5, 0.75])])
                 points = points[(points > lo) & (points < hi)]
-            lo, hi = self.narrow(points, lo, hi, screen=False)
+            if bracket is not None:  # a local search: its window's ends too, in the first round
+                points, ends, bracket = np.append(points, bracket), bracket, None
+                lo, hi = self.narrow(points, lo, hi, screen=False)
+                if self.best_order in ends:
+                    return  # the minimum is not inside the window
+            else:
+                lo, hi = self.narrow(points, lo, hi, screen=False)
             modelled = hi - lo <= width / _GUARD
 
     def vertex(self, lo: float, hi: float) -> float | None:
         """Where a model of the objective is smallest inside (lo, hi); None with fewer than four evaluated orders,
         or where the best value is shared by a neighbour.
 
-        Only the RDP part is modelled: the cumulant K(α) = (α - 1) ε_RDP(α), smooth and convex, is interpolated by
-        the cubic through the four evaluated orders nearest the best one, and the conversion is applied exactly to
+        Only the RDP part is modelled: the logarithm of the cumulant K(α) = (α - 1) ε_RDP(α) (K is smooth, convex
+        and positive; its logarithm also follows the steep rise at small q, where K itself grows like exp(α²)) is
+        interpolated by the polynomial through the ``_MODEL_POINTS`` = 6 evaluated orders nearest the best one
+        (fewer if fewer are known, at least four; with six, one round from an even subdivision of a unit bracket
+        usually lands within the final tolerance), and the conversion is applied exactly to
         the model, which is then minimised on a grid of 64 points (``_MODEL_GRID``) and by a parabola through the
         grid's best three (a Newton-like step that also follows the conversion's own asymmetry about the minimum).
         A guess only: it picks where to evaluate.
         """
         b = self.best_order
         i = int(np.searchsorted(self.orders, b))
-        first = min(max(i - 2, 1), self.orders.size - 4)
-        if first < 1 or not lo < b < hi or self.best_value in (self.values.get(lo), self.values.get(hi)):
+        n = min(_MODEL_POINTS, self.orders.size - 1)
+        first = min(max(i - n // 2, 1), self.orders.size - n)
+        if n < 4 or not lo < b < hi or self.best_value in (self.values.get(lo), self.values.get(hi)):
             return None  # too few points, or a plateau (a clamped bound): no model can tell where the dip is
-        x0, x1, x2, x3 = self.orders[first:first + 4].tolist()
-        y0, y1, y2, y3 = self.cumulants[first:first + 4].tolist()
-        # Newton's divided differences of the cubic through the four points
-        d01, d12, d23 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1), (y3 - y2) / (x3 - x2)
-        d012, d123 = (d12 - d01) / (x2 - x0), (d23 - d12) / (x3 - x1)
-        d0123 = (d123 - d012) / (x3 - x0)
+        xs = self.orders[first:first + n].tolist()
+        coef = [math.log(k) if k > 0.0 else -math.inf for k in self.cumulants[first:first + n].tolist()]
+        for j in range(1, n):  # Newton's divided differences of the polynomial through the points
+            for m in range(n - 1, j - 1, -1):
+                coef[m] = (coef[m] - coef[m - 1]) / (xs[m] - xs[m - j])
         x = lo + (hi - lo) * _MODEL_GRID
-        model = y0 + (x - x0) * (d01 + (x - x1) * (d012 + (x - x2) * d0123))
-        g = self.objective(x, np.maximum(model, 0.0) / (x - 1.0), False).tolist()
+        model = (x - xs[n - 2]) * coef[n - 1] + coef[n - 2]
+        for j in range(n - 3, -1, -1):
+            model *= x - xs[j]
+            model += coef[j]
+        with np.errstate(over="ignore"):
+            g = self.objective(x, np.exp(model) / (x - 1.0), False).tolist()
         k = min(max(int(np.argmin(g)), 1), len(g) - 2)
         curvature = g[k - 1] - 2.0 * g[k] + g[k + 1]  # then the parabola through the grid's best three points
         shift = 0.5 * (g[k - 1] - g[k + 1]) / curvature if curvature > 0.0 else 0.0
@@ -420,15 +468,18 @@ def _rdp_lower_bound(a: NDArray[np.float64], k: NDArray[np.float64], points: NDA
     so K lies above the extensions of the chords through neighbouring known points. A relative margin of 1e-9
     absorbs rounding in the known values.
     """
-    r = np.zeros_like(k)
-    r[1:] = k[1:] / (a[1:] - 1.0)
-    r = np.maximum.accumulate(r)
-    last = a.size - 1
-    i = np.clip(np.searchsorted(a, points, side="right") - 1, 0, last)
-    il, i1, i2 = np.maximum(i - 1, 0), np.minimum(i + 1, last), np.minimum(i + 2, last)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        chord_left = np.where(i >= 1, k[i] + (points - a[i]) * (k[i] - k[il]) / (a[i] - a[il]), -np.inf)
-        chord_right = np.where(i + 2 <= last, k[i1] - (a[i1] - points) * (k[i2] - k[i1]) / (a[i2] - a[i1]), -np.inf)
-    lb_k = np.maximum(np.maximum((points - 1.0) * r[i], chord_left), chord_right)
-    lb_k = lb_k - 1e-9 * np.abs(lb_k)
+    r = np.empty_like(k)
+    r[0] = 0.0
+    np.divide(k[1:], a[1:] - 1.0, out=r[1:])
+    np.maximum.accumulate(r, out=r)
+    # the chord slopes, padded so that a missing neighbour gives a chord of -inf
+    i = np.searchsorted(a, points, side="right") - 1  # a[i] ≤ point < a[i+1]; i ≥ 0 since a[0] = 1 < point
+    with np.errstate(invalid="ignore"):  # (an infinite K gives NaN slopes: no bound from them)
+        slope = (k[1:] - k[:-1]) / (a[1:] - a[:-1])
+        left = np.concatenate([[-math.inf], slope])  # left[i]: the chord through a[i-1], a[i]
+        right = np.concatenate([slope[1:], [math.inf, math.inf]])  # right[i]: through a[i+1], a[i+2]
+        a_next, k_next = np.append(a[1:], math.inf), np.append(k[1:], -math.inf)
+        lb_k = np.fmax((points - 1.0) * r[i], k[i] + (points - a[i]) * left[i])
+        lb_k = np.fmax(lb_k, k_next[i] - (a_next[i] - points) * right[i])
+        lb_k -= 1e-9 * np.abs(lb_k)
     return np.maximum(lb_k, 0.0) / (points - 1.0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
 
 import numpy as np
@@ -511,14 +510,12 @@ def test_unsupported_events_and_relations_are_refused_clearly() -> None:
     assert info.value.name == "value_discretization_interval"
 
 
-def test_calibrated_sigma_meets_the_target_fast() -> None:
-    start = time.perf_counter()
+def test_calibrated_sigma_meets_the_target() -> None:
+    # its speed is a benchmark figure (benchmarks/bench_pld.py, section 2), not a timed assertion
     sigma = dpcalib.calibrate_sigma(eps=2.0, delta=1e-5, q=0.01, steps=1000, accountant="pld")
-    elapsed = time.perf_counter() - start
     assert dpcalib.epsilon(sigma=sigma, q=0.01, steps=1000, delta=1e-5, accountant="pld") <= 2.0
     assert dpcalib.epsilon(sigma=sigma * (1 - 1e-4), q=0.01, steps=1000, delta=1e-5, accountant="pld") > 2.0
     assert sigma < 0.97 * dpcalib.calibrate_sigma(eps=2.0, delta=1e-5, q=0.01, steps=1000, accountant="rdp")
-    assert elapsed < 5.0  # < 1 s on an idle core (benchmarks/bench_pld.py); slack for a loaded CI machine
 
 
 def test_other_calibrations_meet_their_targets() -> None:
