@@ -48,6 +48,7 @@ __all__ = [
     "steps",
     "size",
     "noise_multiplier",
+    "sensitivities",
     "SIZE_MAX",
 ]
 
@@ -148,3 +149,13 @@ def noise_multiplier(name: str, value: object) -> float:
     if x is None or not (lo <= x <= hi):
         raise InvalidArgumentError(name, value, f"in [{lo:g}, {hi:g}]")
     return x
+
+
+def sensitivities(l1_sensitivity: object, l2_sensitivity: object) -> tuple[float, float]:
+    """``(Δ1, Δ2)`` as floats if both are finite and > 0 with Δ2 ≤ Δ1 (every vector's ℓ2 norm is at most its ℓ1
+    norm), else raise :class:`InvalidArgumentError` naming the argument."""
+    l1 = positive("l1_sensitivity", l1_sensitivity)
+    l2 = positive("l2_sensitivity", l2_sensitivity)
+    if l1 < l2:
+        raise InvalidArgumentError("l1_sensitivity", l1_sensitivity, f">= l2_sensitivity={l2:g} (||v||_1 >= ||v||_2)")
+    return l1, l2
