@@ -18,31 +18,19 @@ one after another, timed with ``time.process_time``; each CPU figure is the mini
 
 from __future__ import annotations
 
-import os
+from _common import single_threaded
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = "1"
+single_threaded()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse, json, os, random, statistics, time  # noqa: E401,E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import dpcalib  # noqa: E402
 from fltrain.randomness import SecureRandom, skellam  # noqa: E402
-from fltrain.secagg import (  # noqa: E402
-    DiscreteCodec,
-    FixedPoint,
-    SecAggParams,
-    complete_graph,
-    harary_graph,
-    run_secure_aggregation,
-    secagg_plus_degree,
-)
+from fltrain.secagg import DiscreteCodec, FixedPoint, SecAggParams, run_secure_aggregation  # noqa: E402
+from fltrain.secagg import complete_graph, harary_graph, secagg_plus_degree  # noqa: E402
 
 torch.set_num_threads(1)
 
