@@ -111,16 +111,16 @@ class Skellam:
     released if it covers at least ``t = min_survivors`` clients (a set that does not depend on the data), the
     released noise is ``Sk(s·mu/t)`` with ``s ≥ t`` survivors, i.e. ``Sk(mu)`` plus independent noise:
     post-processing of this event. **The accounted noise is the floor's, ``mu``**, whatever the realised number
-    of shares. ``mu``, ``l1_sensitivity`` and ``l2_sensitivity`` are finite and > 0, with
-    ``l2_sensitivity ≤ l1_sensitivity``."""
+    of shares. The domain (:func:`dpcalib.validation.skellam_parameters`): all finite and > 0,
+    ``l2_sensitivity ≤ l1_sensitivity``, ``√mu / l2_sensitivity`` in :data:`dpcalib.validation.SIGMA_RANGE`."""
 
     mu: float
     l1_sensitivity: float
     l2_sensitivity: float
 
     def __post_init__(self) -> None:
-        l1, l2 = check.sensitivities(self.l1_sensitivity, self.l2_sensitivity)
-        object.__setattr__(self, "mu", check.positive("mu", self.mu))
+        mu, l1, l2 = check.skellam_parameters(self.mu, self.l1_sensitivity, self.l2_sensitivity)
+        object.__setattr__(self, "mu", mu)
         object.__setattr__(self, "l1_sensitivity", l1)
         object.__setattr__(self, "l2_sensitivity", l2)
 

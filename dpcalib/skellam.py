@@ -46,16 +46,17 @@ _LOG_3 = math.log(3.0)
 
 def _akl(mu: float, l1: float, l2: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
     """AKL 2021, Theorem 3.5 at integer orders ``alpha`` (see the module docstring)."""
-    l2sq = l2 * l2
-    return alpha * l2sq / (2.0 * mu) + np.minimum(((2.0 * alpha - 1.0) * l2sq + 6.0 * l1) / (4.0 * mu * mu), 1.5 * l1 / mu)
+    ratio2, ratio1 = l2 * l2 / mu, l1 / mu  # finite in the domain of dpcalib.validation.skellam_parameters
+    with np.errstate(over="ignore"):  # the first term of the min may overflow to inf; the second is finite
+        discrete = np.minimum(((2.0 * alpha - 1.0) * ratio2 + 6.0 * ratio1) / (4.0 * mu), 1.5 * ratio1)
+    return alpha * ratio2 / 2.0 + discrete
 
 
 def skellam_rdp(mu: float, l1_sensitivity: float, l2_sensitivity: float, orders: ArrayLike) -> NDArray[np.float64]:
     """RDP upper bound of the Skellam mechanism with noise variance ``mu`` per coordinate and sensitivities
     ``l1_sensitivity``, ``l2_sensitivity`` (in the units of the integers released), at each order (AKL 2021,
     Theorem 3.5; fractional orders take the bound at ⌈α⌉)."""
-    l1, l2 = check.sensitivities(l1_sensitivity, l2_sensitivity)
-    return skellam_curve(check.positive("mu", mu), l1, l2, rdp.check_orders(orders))
+    return skellam_curve(*check.skellam_parameters(mu, l1_sensitivity, l2_sensitivity), rdp.check_orders(orders))
 
 
 def skellam_curve(mu: float, l1: float, l2: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -68,8 +69,8 @@ def poisson_skellam_rdp(
 ) -> NDArray[np.float64]:
     """RDP upper bound of the Skellam mechanism on a Poisson subsample of rate ``q`` under add/remove: Zhu & Wang
     2019, Theorem 6, applied to AKL 2021's bound, at ⌈α⌉ (see the module docstring). q = 1 is :func:`skellam_rdp`."""
-    l1, l2 = check.sensitivities(l1_sensitivity, l2_sensitivity)
-    return poisson_skellam_curve(check.rate("q", q), check.positive("mu", mu), l1, l2, rdp.check_orders(orders))
+    q = check.rate("q", q)
+    return poisson_skellam_curve(q, *check.skellam_parameters(mu, l1_sensitivity, l2_sensitivity), rdp.check_orders(orders))
 
 
 def poisson_skellam_curve(q: float, mu: float, l1: float, l2: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:

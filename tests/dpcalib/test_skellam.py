@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -117,12 +118,25 @@ def test_unsupported_combinations_are_typed():
 @pytest.mark.parametrize(
     "args, name",
     [((0.0, 1.0, 1.0), "mu"), ((1.0, 1.0, 2.0), "l1_sensitivity"), ((1.0, 1.0, float("nan")), "l2_sensitivity"),
-     ((True, 1.0, 1.0), "mu")],
+     ((True, 1.0, 1.0), "mu"), ((1e-300, 1.0, 1.0), "mu"), ((1e300, 1e300, 1e-300), "mu"), ((1e-100, 1e120, 1.0), "mu")],
 )
 def test_bad_events_name_the_argument(args, name):
     with pytest.raises(InvalidArgumentError) as err:
         Skellam(*args)
     assert err.value.name == name
+
+
+@pytest.mark.parametrize("mu, l1, l2", [(1e-30, 1e170, 1e-20), (1e-200, 1.0, 1.0), (1e12, 1e6, 1.0), (1e-10, 1e190, 1e-5)])
+@pytest.mark.parametrize("q", [1e-12, 0.5, 1.0])
+def test_extremes_of_the_domain_give_finite_answers(mu, l1, l2, q):
+    noise = Skellam(mu, l1, l2)
+    event = Repeated(noise if q == 1.0 else PoissonSampled(q, noise), 10**12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow or division by zero inside
+        warnings.simplefilter("ignore", dpcalib.OrderRangeWarning)
+        acc = dpcalib.RdpAccountant().compose(event)
+        eps, delta = acc.epsilon(1e-5), acc.delta(1.0)
+    assert math.isfinite(eps) and eps >= 0.0 and 0.0 <= delta <= 1.0
 
 
 PLAN = dict(eps=4.0, delta=1e-5, q=0.1, steps=50, clip=1.0, dim=1000, clients=20, min_survivors=14)
