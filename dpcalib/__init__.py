@@ -59,7 +59,7 @@ from .events import (
     training_event,
 )
 from . import validation
-from .skellam import poisson_skellam_rdp, skellam_rdp
+from .skellam import poisson_skellam_rdp, skellam_rdp, without_replacement_skellam_rdp
 from .rdp import DEFAULT_ORDERS, gaussian_rdp, poisson_gaussian_rdp, without_replacement_gaussian_rdp
 from .report import AttackBound, RiskReport, TradeOff, gdp_mu, gdp_tpr, privacy_profile, risk_report, tradeoff
 
@@ -114,6 +114,7 @@ __all__ = [
     "without_replacement_gaussian_rdp",
     "skellam_rdp",
     "poisson_skellam_rdp",
+    "without_replacement_skellam_rdp",
     "rdp_to_epsilon",
     "rdp_to_delta",
     "optimise_epsilon",

@@ -232,8 +232,9 @@ class RdpAccountant(Accountant):
     Talwar, Zhang 2019, exact); ``SampledWithoutReplacement(n, batch, Gaussian)`` under replace-one (Wang, Balle,
     Kasiviswanathan 2019, Theorem 9 with ε(j) = j/(2σ'²)); ``ShuffledEpoch(n, batch, Gaussian)`` under
     replace-one: α/(2σ'²) per epoch, no amplification; ``Skellam(μ, Δ1, Δ2)`` with the sensitivities times Δ
-    (Agarwal, Kairouz, Liu 2021, Theorem 3.5, :mod:`dpcalib.skellam`) and ``PoissonSampled(q, Skellam)`` under
-    add/remove (Zhu & Wang 2019, Theorem 6, the general upper bound); any ``Repeated``/``Composed`` nesting of those.
+    (Agarwal, Kairouz, Liu 2021, Theorem 3.5, :mod:`dpcalib.skellam`), ``PoissonSampled(q, Skellam)`` under
+    add/remove (Zhu & Wang 2019, Theorem 6, the general upper bound) and ``SampledWithoutReplacement(n, batch,
+    Skellam)`` under replace-one (Wang, Balle, Kasiviswanathan 2019, Theorem 9 with ε(∞) = ∞); any ``Repeated``/``Composed`` nesting of those.
     """
 
     name = "rdp"
@@ -274,9 +275,13 @@ class RdpAccountant(Accountant):
             if neighbouring is not Neighbouring.ADD_REMOVE:
                 raise UnsupportedEventError("PoissonSampled events need neighbouring='add_remove' in RdpAccountant")
             return
+        if isinstance(leaf, SampledWithoutReplacement) and isinstance(leaf.event, Skellam):
+            if neighbouring is not Neighbouring.REPLACE_ONE:
+                raise UnsupportedEventError("SampledWithoutReplacement events need neighbouring='replace_one'")
+            return
         if not isinstance(leaf.event, Gaussian):  # type: ignore[union-attr]
             raise UnsupportedEventError(
-                f"RdpAccountant supports sampling of a Gaussian event, and Poisson sampling of a Skellam event, not {leaf!r}"
+                f"RdpAccountant supports sampling of a Gaussian or a Skellam event only, not {leaf!r}"
             )
         if isinstance(leaf, PoissonSampled) and neighbouring is not Neighbouring.ADD_REMOVE:
             raise UnsupportedEventError("PoissonSampled events need neighbouring='add_remove' in RdpAccountant")
@@ -303,12 +308,14 @@ class RdpAccountant(Accountant):
 
     def _leaf_rdp(self, leaf: Event, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
         """The RDP of one run of a leaf event, at the relation's sensitivity."""
-        noise = leaf.event if isinstance(leaf, PoissonSampled) else leaf
+        noise = leaf.event if isinstance(leaf, (PoissonSampled, SampledWithoutReplacement)) else leaf
         if isinstance(noise, Skellam):
             factor = self.neighbouring.sensitivity
             l1, l2 = factor * noise.l1_sensitivity, factor * noise.l2_sensitivity
             if isinstance(leaf, PoissonSampled):
                 return skellam.poisson_skellam_curve(leaf.q, noise.mu, l1, l2, alpha)
+            if isinstance(leaf, SampledWithoutReplacement):
+                return skellam.without_replacement_skellam_curve(leaf.batch / leaf.n, noise.mu, l1, l2, alpha)
             return skellam.skellam_curve(noise.mu, l1, l2, alpha)
         sigma = self.unit_sigma(leaf if isinstance(leaf, Gaussian) else leaf.event)  # type: ignore[union-attr, arg-type]
         if isinstance(leaf, PoissonSampled):

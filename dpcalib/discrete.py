@@ -43,7 +43,7 @@ import numpy as np
 
 from .calibrate import _check_target, calibrate_sigma_for
 from .errors import InvalidArgumentError
-from .events import Event, PoissonSampled, Repeated, Skellam
+from .events import Event, PoissonSampled, Repeated, SampledWithoutReplacement, Skellam
 from . import validation as check
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "wrap_probability",
     "SkellamPlan",
     "plan_skellam",
+    "skellam_event",
 ]
 
 #: β of the conditional rounding (as in Kairouz, Liu, Steinke 2021's experiments): at most 1/(1 − e^{-1/2}) ≈ 2.5
@@ -131,7 +132,8 @@ class SkellamPlan:
             what each client adds.
         noise_multiplier: √mu / l2_sensitivity, the Gaussian-equivalent multiplier that was calibrated.
         wrap_probability: the bound of :func:`wrap_probability` with all ``clients`` present.
-        event: the accounted event of the whole run (``steps`` rounds); ``eps``, ``delta`` its target.
+        round_event: the accounted event of one round; ``event`` that of the whole run (``steps`` rounds);
+            ``eps``, ``delta`` its target.
     """
 
     bits: int
@@ -147,9 +149,15 @@ class SkellamPlan:
     share_variance: float
     noise_multiplier: float
     wrap_probability: float
-    event: Event
+    round_event: Event
+    steps: int
     eps: float
     delta: float
+
+    @property
+    def event(self) -> Event:
+        """The accounted event of the whole run: ``steps`` rounds of :attr:`round_event`."""
+        return Repeated(self.round_event, self.steps)
 
     @property
     def noise_std(self) -> float:
@@ -157,22 +165,27 @@ class SkellamPlan:
         return math.sqrt(self.mu) / self.scale
 
 
-def skellam_event(*, mu: float, l1_sensitivity: float, l2_sensitivity: float, q: float, steps: int) -> Event:
-    """``steps`` rounds of ``Skellam(mu, l1, l2)``, each on a Poisson sample of rate ``q`` (q = 1: no sampling)."""
+def skellam_event(*, mu: float, l1_sensitivity: float, l2_sensitivity: float, q: float = 1.0,
+                  population: int | None = None, cohort: int | None = None) -> Event:
+    """One round of ``Skellam(mu, l1, l2)``: on a Poisson sample of rate ``q`` (q = 1: no sampling), or, with
+    ``population``, on a fixed cohort of exactly ``cohort`` of ``population`` drawn without replacement."""
     noise = Skellam(mu, l1_sensitivity, l2_sensitivity)
-    return Repeated(noise if check.rate("q", q) == 1.0 else PoissonSampled(q, noise), check.steps("steps", steps))
+    if population is not None:
+        return SampledWithoutReplacement(population, cohort, noise)  # type: ignore[arg-type]
+    return noise if check.rate("q", q) == 1.0 else PoissonSampled(q, noise)
 
 
 def plan_skellam(
     *,
     eps: float,
     delta: float,
-    q: float,
     steps: int,
     bits: int,
     clip: float,
     dim: int,
     clients: int,
+    q: float = 1.0,
+    population: int | None = None,
     min_survivors: int | None = None,
     wrap: float = 1e-6,
     beta: float = DEFAULT_BETA,
@@ -181,7 +194,9 @@ def plan_skellam(
 ) -> SkellamPlan:
     """The distributed Skellam plan with the finest scale whose wrap bound is ≤ ``wrap`` and, at that scale, the
     smallest noise variance meeting (``eps``, ``delta``) over ``steps`` rounds of Poisson rate ``q`` (q = 1: every
-    client in every round). ``clients``: the most vectors a round sums; ``min_survivors`` (default ``clients``):
+    client in every round; add/remove) or, with ``population``, of a fixed cohort of exactly ``clients`` of
+    ``population`` (replace-one, :func:`dpcalib.skellam.without_replacement_skellam_rdp`).
+    ``clients``: the most vectors a round sums; ``min_survivors`` (default ``clients``):
     the fewest a released sum covers, whose shares alone carry the accounted noise. The returned plan's event
     meets the target under the accountant (verified by :func:`dpcalib.calibrate_sigma_for`).
 
@@ -192,9 +207,19 @@ def plan_skellam(
     """
     eps, delta, _ = _check_target(eps, delta, 1e-6)
     q, steps = check.rate("q", q), check.steps("steps", steps)
+    clients = check.size("clients", clients)
+    if population is not None:
+        population = check.size("population", population)
+        if q != 1.0 or clients > population:
+            raise InvalidArgumentError("population", population, f">= clients={clients}, with q omitted (a fixed "
+                                       "cohort of clients out of population)")
+        if neighbouring not in (None, "replace_one"):
+            raise InvalidArgumentError("neighbouring", neighbouring, "'replace_one' (or omitted) with a fixed cohort")
+        neighbouring = "replace_one"
     bits = check.count("bits", bits, *BITS_RANGE)
     clip = check.positive("clip", clip)
-    dim, clients = check.size("dim", dim), check.size("clients", clients)
+    dim = check.size("dim", dim)
+    round_of = dict(q=q, population=population, cohort=clients)
     floor = clients if min_survivors is None else check.count("min_survivors", min_survivors, 1, clients)
     wrap = check.open_unit("wrap", wrap)
     beta = check.open_unit("beta", beta)
@@ -204,7 +229,7 @@ def plan_skellam(
         l2 = rounded_l2_bound(scale * clip, dim, beta)
         l1 = rounded_l1_bound(l2, dim)
         sigma = calibrate_sigma_for(
-            lambda s: skellam_event(mu=(s * l2) ** 2, l1_sensitivity=l1, l2_sensitivity=l2, q=q, steps=steps),
+            lambda s: Repeated(skellam_event(mu=(s * l2) ** 2, l1_sensitivity=l1, l2_sensitivity=l2, **round_of), steps),
             eps=eps, delta=delta, accountant=accountant, rtol=_SIGMA_RTOL, **options,
         )
         mu = (sigma * l2) ** 2
@@ -212,7 +237,7 @@ def plan_skellam(
                                   variance=mu * clients / floor)
         return SkellamPlan(ring_bits, scale, clip, dim, padded_dim(dim), clients, floor, l2, l1, mu, mu / floor,
                            sigma, chance,
-                           skellam_event(mu=mu, l1_sensitivity=l1, l2_sensitivity=l2, q=q, steps=steps), eps, delta)
+                           skellam_event(mu=mu, l1_sensitivity=l1, l2_sensitivity=l2, **round_of), steps, eps, delta)
 
     good = plan_at(1.0 / clip)  # the whole vector's norm is one integer unit: the coarsest sensible scale
     if good.wrap_probability > wrap:

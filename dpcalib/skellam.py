@@ -27,6 +27,8 @@ Skellam Mechanism for Differentially Private Federated Learning", NeurIPS 2021).
   the Rényi divergence), so the smaller of the two bounds is returned; and since the true curve is non-decreasing
   in the order, the bound at α is also lowered to the smallest bound at the orders ≥ α that were asked for (the
   general bound's log(3)/(α−1) slack makes it decrease at small orders).
+* A uniformly random subset of ``batch`` of ``n`` under replace-one (a fixed-size cohort): Wang, Balle,
+  Kasiviswanathan 2019, Theorem 9, with ε(∞) = ∞ (:func:`without_replacement_skellam_rdp`), treated the same way.
 """
 
 from __future__ import annotations
@@ -36,12 +38,21 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .errors import InvalidArgumentError
+
 from . import rdp
 from . import validation as check
 
-__all__ = ["skellam_rdp", "poisson_skellam_rdp", "skellam_curve", "poisson_skellam_curve"]
+__all__ = [
+    "skellam_rdp",
+    "poisson_skellam_rdp",
+    "without_replacement_skellam_rdp",
+    "skellam_curve",
+    "poisson_skellam_curve",
+    "without_replacement_skellam_curve",
+]
 
-_LOG_3 = math.log(3.0)
+_LOG_2, _LOG_3, _LOG_4 = math.log(2.0), math.log(3.0), math.log(4.0)
 
 
 def _akl(mu: float, l1: float, l2: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -75,16 +86,58 @@ def poisson_skellam_rdp(
 
 def poisson_skellam_curve(q: float, mu: float, l1: float, l2: float, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
     """:func:`poisson_skellam_rdp` for validated arguments."""
-    unsampled = skellam_curve(mu, l1, l2, alpha)
     if q == 1.0:
-        return unsampled
+        return skellam_curve(mu, l1, l2, alpha)
+    log_q, log_1mq = math.log(q), math.log1p(-q)
+
+    def log_terms(a: NDArray[np.float64], ell: NDArray[np.float64], eps: NDArray[np.float64]) -> NDArray[np.float64]:
+        growth = (ell - 1.0) * eps + np.where(ell >= 3.0, _LOG_3, 0.0)
+        return rdp._log_binom(a, ell) + (a - ell) * log_1mq + ell * log_q + rdp._log_expm1(growth)
+
+    return _subsampled(mu, l1, l2, alpha, log_terms)
+
+
+def without_replacement_skellam_rdp(
+    n: int, batch: int, mu: float, l1_sensitivity: float, l2_sensitivity: float, orders: ArrayLike
+) -> NDArray[np.float64]:
+    """RDP upper bound of the Skellam mechanism on a uniformly random subset of ``batch`` of ``n`` (replace-one;
+    the sensitivities are those of the replace-one relation): Wang, Balle, Kasiviswanathan 2019 ("Subsampled
+    Rényi differential privacy and analytical moments accountant"), Theorem 9, for a mechanism with ε(∞) = ∞,
+
+        A_α ≤ 1 + γ² C(α,2) min(4(e^{ε(2)} − 1), 2 e^{ε(2)}) + Σ_{j=3}^{α} 2 γ^j C(α,j) e^{(j−1) ε(j)},   γ = batch/n,
+
+    with ε(j) AKL 2021's bound, at ⌈α⌉, never above the unsampled bound and lowered to the smallest bound at the
+    larger orders asked for (see the module docstring)."""
+    n, batch = check.size("n", n), check.size("batch", batch)
+    if batch > n:
+        raise InvalidArgumentError("batch", batch, f"an integer in [1, n={n}]")
+    mu, l1, l2 = check.skellam_parameters(mu, l1_sensitivity, l2_sensitivity)
+    return without_replacement_skellam_curve(batch / n, mu, l1, l2, rdp.check_orders(orders))
+
+
+def without_replacement_skellam_curve(
+    gamma: float, mu: float, l1: float, l2: float, alpha: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """:func:`without_replacement_skellam_rdp` for validated arguments (``gamma`` = batch/n in (0, 1])."""
+    if gamma == 1.0:
+        return skellam_curve(mu, l1, l2, alpha)
+    log_gamma = math.log(gamma)
+
+    def log_terms(a: NDArray[np.float64], ell: NDArray[np.float64], eps: NDArray[np.float64]) -> NDArray[np.float64]:
+        second = np.minimum(_LOG_4 + rdp._log_expm1(eps), _LOG_2 + eps)
+        weight = np.where(ell == 2.0, second, _LOG_2 + (ell - 1.0) * eps)
+        return rdp._log_binom(a, ell) + ell * log_gamma + weight
+
+    return _subsampled(mu, l1, l2, alpha, log_terms)
+
+
+def _subsampled(mu: float, l1: float, l2: float, alpha: NDArray[np.float64], log_terms) -> NDArray[np.float64]:
+    """The subsampled curve at ⌈α⌉ from ``log_terms(α, ℓ, ε(ℓ))``, the logs of the positive terms ℓ = 2 … α of
+    ``A_α − 1`` (summed in log space), rounded up to the smallest double, lowered to its smallest value at larger
+    orders (the true curve is non-decreasing in the order), and never above the unsampled bound."""
     orders, inverse = np.unique(np.ceil(alpha), return_inverse=True)
     a, ell, starts = rdp._segments(orders, 2)
-    growth = (ell - 1.0) * _akl(mu, l1, l2, ell) + np.where(ell >= 3.0, _LOG_3, 0.0)
-    terms = rdp._log_binom(a, ell) + (a - ell) * math.log1p(-q) + ell * math.log(q) + rdp._log_expm1(growth)
-    log_am1 = rdp._segment_logsumexp(terms, starts)
-    # rounded up to the smallest double, never down to 0 (as in dpcalib.rdp)
+    log_am1 = rdp._segment_logsumexp(log_terms(a, ell, _akl(mu, l1, l2, ell)), starts)
     sampled = np.maximum(np.logaddexp(0.0, log_am1) / (orders - 1.0), rdp._SMALLEST_POSITIVE)
-    # the true curve is non-decreasing in the order, so a bound at a larger order bounds a smaller one too
     sampled = np.minimum.accumulate(sampled[::-1])[::-1]
-    return np.minimum(sampled[inverse], unsampled)
+    return np.minimum(sampled[inverse], skellam_curve(mu, l1, l2, alpha))

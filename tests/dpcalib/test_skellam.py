@@ -112,7 +112,7 @@ def test_unsupported_combinations_are_typed():
     with pytest.raises(UnsupportedEventError):
         dpcalib.RdpAccountant(neighbouring="replace_one").compose(PoissonSampled(0.1, Skellam(10.0, 2.0, 1.0)))
     with pytest.raises(UnsupportedEventError):
-        dpcalib.RdpAccountant().compose(dpcalib.SampledWithoutReplacement(10, 2, Skellam(10.0, 2.0, 1.0)))
+        dpcalib.RdpAccountant(neighbouring="add_remove").compose(dpcalib.SampledWithoutReplacement(10, 2, Skellam(10.0, 2.0, 1.0)))
 
 
 @pytest.mark.parametrize(
@@ -186,3 +186,22 @@ def test_cli_plan_and_bad_input(capsys):
         assert cli.run(argv + bad) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_fixed_cohort_bound_is_the_general_theorem_and_plans_under_replace_one():
+    """Wang, Balle, Kasiviswanathan 2019, Theorem 9 is the one rdp.py applies to the Gaussian: with the Skellam
+    bound in place of the Gaussian's it can only be larger, and it tends to it as μ grows."""
+    orders = np.arange(2.0, 64.0)
+    skellam = dpcalib.without_replacement_skellam_rdp(1000, 100, 1e8, 1e4, 1e4, orders)
+    gaussian = dpcalib.without_replacement_gaussian_rdp(1000, 100, 1.0, orders)
+    assert np.all(skellam >= gaussian) and np.allclose(skellam, gaussian, rtol=1e-3)
+    np.testing.assert_array_equal(dpcalib.without_replacement_skellam_rdp(10, 10, 5.0, 2.0, 1.0, orders),
+                                  dpcalib.skellam_rdp(5.0, 2.0, 1.0, orders))
+    plan = dpcalib.plan_skellam(bits=16, **dict(PLAN, q=1.0), population=200)
+    assert isinstance(plan.round_event, dpcalib.SampledWithoutReplacement)
+    acc = dpcalib.RdpAccountant(neighbouring="replace_one").compose(plan.event)
+    assert acc.epsilon(1e-5) <= 4.0
+    with pytest.raises(UnsupportedEventError):
+        dpcalib.RdpAccountant(neighbouring="add_remove").compose(plan.round_event)
+    with pytest.raises(InvalidArgumentError):
+        dpcalib.plan_skellam(bits=16, **PLAN, population=200)  # q and a fixed cohort
