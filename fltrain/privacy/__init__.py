@@ -51,4 +51,4 @@ def build_mode(cfg: RunConfig, *, dim: int, train_records: int) -> PrivacyMode:
                               delta=cfg.resolved_delta, clip=c.clip, accountant=c.accountant, sigma=c.sigma,
                               adaptive_clip=c.adaptive_clip, target_quantile=c.target_quantile, clip_lr=c.clip_lr,
                               count_noise_std=c.count_noise_std, distributed=cfg.secure_agg,
-                              min_survivors=c.min_survivors)
+                              min_survivors=c.min_survivors, noise=c.noise, bits=c.bits)
