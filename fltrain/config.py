@@ -382,9 +382,10 @@ class RunConfig:
             low = 2 * round(m) // 3 + 1
             if not low <= c.min_survivors <= m:
                 raise InvalidArgumentError("client.min_survivors", c.min_survivors, f"in [{low}, {round(m)}]")
-        if c.noise == "skellam" and not (self.secure_agg and c.sigma is None and not c.adaptive_clip):
-            raise ConfigError("client.noise='skellam' needs secure_agg, a calibrated sigma (no client.sigma) and a "
-                              "fixed clip (no client.adaptive_clip)")
+        if c.noise == "skellam" and not (self.secure_agg and c.sigma is None and not c.adaptive_clip
+                                         and c.accountant == "rdp"):
+            raise ConfigError("client.noise='skellam' needs secure_agg, a calibrated sigma (no client.sigma), a "
+                              "fixed clip (no client.adaptive_clip) and client.accountant='rdp'")
         if not c.adaptive_clip and c.count_noise_std is not None:
             raise ConfigError("client.count_noise_std applies to adaptive clipping (client.adaptive_clip) only")
         if c.delta is not None and c.delta >= 1.0 / self.clients:

@@ -173,6 +173,9 @@ class ClientLevel(PrivacyMode):
             if not (distributed and isinstance(cohort, FixedCohort)) or adaptive_clip or sigma is not None:
                 raise InvalidArgumentError("noise", noise, "'gaussian' unless distributed over a fixed cohort, with a "
                                            "fixed clip and a calibrated sigma")
+            if accountant != "rdp":
+                raise InvalidArgumentError("accountant", accountant, "'rdp' with noise='skellam' (the Skellam "
+                                           "mechanism has an RDP bound only)")
             floor = 2 * cohort.size // 3 + 1 if min_survivors is None else min_survivors
             shares = SkellamShares.create(cohort=cohort, rng=rng, dim=dim, rounds=rounds, eps=eps, delta=delta,
                                           clip=clip, bits=bits, min_survivors=floor)

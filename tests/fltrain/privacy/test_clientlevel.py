@@ -315,3 +315,5 @@ def test_skellam_needs_distributed_fixed_clip_and_calibration() -> None:
             ClientLevel.create(**common, **bad)
     with pytest.raises(InvalidArgumentError, match="bits"):
         ClientLevel.create(**common, distributed=True, noise="skellam", bits=4)
+    with pytest.raises(InvalidArgumentError, match="accountant"):
+        ClientLevel.create(**dict(common, accountant="pld"), distributed=True, noise="skellam")
