@@ -233,8 +233,9 @@ class RdpAccountant(Accountant):
     Kasiviswanathan 2019, Theorem 9 with ε(j) = j/(2σ'²)); ``ShuffledEpoch(n, batch, Gaussian)`` under
     replace-one: α/(2σ'²) per epoch, no amplification; ``Skellam(μ, Δ1, Δ2)`` with the sensitivities times Δ
     (Agarwal, Kairouz, Liu 2021, Theorem 3.5, :mod:`dpcalib.skellam`), ``PoissonSampled(q, Skellam)`` under
-    add/remove (Zhu & Wang 2019, Theorem 6, the general upper bound) and ``SampledWithoutReplacement(n, batch,
-    Skellam)`` under replace-one (Wang, Balle, Kasiviswanathan 2019, Theorem 9 with ε(∞) = ∞); any ``Repeated``/``Composed`` nesting of those.
+    add/remove (Zhu & Wang 2019, Theorem 6, the general upper bound) and
+    ``SampledWithoutReplacement(n, batch, Skellam)`` under replace-one (Wang, Balle, Kasiviswanathan 2019,
+    Theorem 9 with ε(∞) = ∞); any ``Repeated``/``Composed`` nesting of those.
     """
 
     name = "rdp"

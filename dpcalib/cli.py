@@ -2,7 +2,8 @@
 
 Commands: ``sigma`` (noise for a budget), ``epsilon`` (ε of a run), ``delta`` (δ of a run), ``steps`` (longest run
 steps), ``compare`` (the same question under every registered accountant) and ``curve`` (ε against
-steps); ``skellam`` plans distributed discrete noise for a secure sum (:func:`dpcalib.discrete.plan_skellam`). Every command takes ``--accountant``, ``--json``, and either ``--q/--steps`` or
+steps); ``skellam`` plans distributed discrete noise for a secure sum
+(:func:`dpcalib.discrete.plan_skellam`). Every command takes ``--accountant``, ``--json``, and either ``--q/--steps`` or
 ``--epochs/--dataset-size/--batch-size`` (q = B/N, steps = ⌈E·N/B⌉ so that the accounting never undercounts),
 and ``--sampler poisson|fixed|shuffle`` (how batches are formed; ``fixed`` and ``shuffle`` take
 ``--dataset-size/--batch-size`` with ``--steps`` or ``--epochs``; see :class:`dpcalib.events.Sampler`).

@@ -21,7 +21,8 @@ The keystream is turned into tensors as follows (all exact on the bit level):
 - Poisson and Skellam integers (:func:`poisson`, :func:`skellam`, the noise shares of distributed discrete DP):
   inversion of the Poisson CDF at the midpoints ``u + 2^-54`` of 53-bit uniforms, by binary search in a table of
   the CDF (scipy's ``pdtr``, accurate to ~1e-15 relative) over ``λ ± (20√λ + 40)``, outside which the Poisson mass
-  is below e^-60 ≈ 1e-26 on each side (Bernstein's inequality), far below the uniforms' 2^-54 resolution; a Skellam integer ``Sk(v/2, v/2)`` is the difference of two such Poisson draws.
+  is below e^-60 ≈ 1e-26 on each side (Bernstein's inequality), far below the uniforms' 2^-54
+  resolution; a Skellam integer ``Sk(v/2, v/2)`` is the difference of two such Poisson draws.
   Exact but for the 53-bit grid of the uniforms and the CDF's rounding (like the Gaussians, a floating-point
   sampler).
 

@@ -3,7 +3,8 @@ server's steps of a round, its ledger and what it releases (see :mod:`.mode` for
 
 - :class:`~.record.RecordLevel` (``dp = "sample"``): DP-SGD on every client, record-level, add/remove;
 - :class:`~.clientlevel.ClientLevel` (``dp = "client"``): DP-FedAvg, client-level (add/remove with a Poisson cohort
-  and central noise, replace-one with a fixed cohort and distributed noise under secure aggregation);
+  and central noise, replace-one with a fixed cohort and distributed noise under secure aggregation: Gaussian
+  float shares, or Skellam integer shares through :mod:`.discrete`);
 - :class:`~.none.NoPrivacy` (``dp = "none"``): FedAvg.
 
 :func:`build_mode` makes the mode a :class:`fltrain.config.RunConfig` asks for.

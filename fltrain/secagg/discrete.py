@@ -8,9 +8,9 @@ Agarwal, Kairouz, Liu 2021 (the Skellam mechanism):
    from the round's *public* seed (every client and the server use the same D). The rotation keeps the norm and
    spreads the vector over all coordinates, so that each coordinate is small (sub-Gaussian, see
    :func:`dpcalib.wrap_probability`) and the modular range can be narrow;
-3. conditional randomised rounding: each coordinate goes to ⌊y_i⌋ + 1 with probability y_i − ⌊y_i⌋, else ⌊y_i⌋ (unbiased), drawn
-   again until ``‖ỹ‖₂ ≤ norm_bound`` — the bound the accounting assumes (:func:`dpcalib.rounded_l2_bound`), so it
-   holds for every vector sent;
+3. conditional randomised rounding: each coordinate goes to ⌊y_i⌋ + 1 with probability y_i − ⌊y_i⌋, else
+   ⌊y_i⌋ (unbiased), drawn again until ``‖ỹ‖₂ ≤ norm_bound`` — the bound the accounting assumes
+   (:func:`dpcalib.rounded_l2_bound`), so it holds for every vector sent;
 4. add the integer noise share it is handed (secagg knows nothing of DP beyond this share);
 5. reduce modulo 2^bits: an element of the ring :class:`~fltrain.secagg.encoding.Ring` that the protocol masks.
 
