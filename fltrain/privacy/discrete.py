@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 import dpcalib
+from dpcalib.errors import InvalidArgumentError
 from dpcalib.events import Neighbouring
 
-from ..randomness import RandomSource, skellam
+from ..randomness import POISSON_RATE_MAX, RandomSource, skellam
 from ..secagg.discrete import DiscreteCodec
 from .cohort import FixedCohort
 from .plan import PrivacyPlan
@@ -45,6 +46,9 @@ class SkellamShares:
         """Plan ``rounds`` rounds of the fixed ``cohort`` with :func:`dpcalib.plan_skellam`."""
         plan = dpcalib.plan_skellam(eps=eps, delta=delta, steps=rounds, bits=bits, clip=clip, dim=dim,
                                     clients=cohort.size, population=cohort.num_clients, min_survivors=min_survivors)
+        if plan.share_variance / 2.0 > POISSON_RATE_MAX:
+            raise InvalidArgumentError("bits", bits, f"fewer for these settings: a noise share of variance "
+                                       f"{plan.share_variance:.3g} needs Poisson rates above {POISSON_RATE_MAX:g}")
         return cls(plan, rng)
 
     def privacy_plan(self, accountant: str) -> PrivacyPlan:

@@ -315,5 +315,7 @@ def test_skellam_needs_distributed_fixed_clip_and_calibration() -> None:
             ClientLevel.create(**common, **bad)
     with pytest.raises(InvalidArgumentError, match="bits"):
         ClientLevel.create(**common, distributed=True, noise="skellam", bits=4)
+    with pytest.raises(InvalidArgumentError, match="Poisson rates"):  # 40 bits: shares beyond the sampler's range
+        ClientLevel.create(**common, distributed=True, noise="skellam", bits=40)
     with pytest.raises(InvalidArgumentError, match="accountant"):
         ClientLevel.create(**dict(common, accountant="pld"), distributed=True, noise="skellam")
