@@ -21,3 +21,12 @@ def best_time(fn: Callable[[], T], repeats: int = 5, clock: Callable[[], float] 
         value = fn()
         best = min(best, clock() - start)
     return best, value
+
+
+def single_threaded() -> None:
+    """Pin numpy's and torch's thread pools to one thread: call before importing them (benchmarks compare
+    single-threaded costs)."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"

@@ -30,6 +30,7 @@ from .calibrate import (
     event_delta,
     event_epsilon,
 )
+from .discrete import SkellamPlan, plan_skellam, rounded_l1_bound, rounded_l2_bound, wrap_probability
 from .conversion import optimise_delta, optimise_epsilon, rdp_to_delta, rdp_to_epsilon
 from .errors import (
     DpcalibError,
@@ -44,6 +45,7 @@ from .events import (
     Event,
     Gaussian,
     Neighbouring,
+    Skellam,
     PoissonSampled,
     Repeated,
     SampledWithoutReplacement,
@@ -57,6 +59,7 @@ from .events import (
     training_event,
 )
 from . import validation
+from .skellam import poisson_skellam_rdp, skellam_rdp, without_replacement_skellam_rdp
 from .rdp import DEFAULT_ORDERS, gaussian_rdp, poisson_gaussian_rdp, without_replacement_gaussian_rdp
 from .report import AttackBound, RiskReport, TradeOff, gdp_mu, gdp_tpr, privacy_profile, risk_report, tradeoff
 
@@ -74,6 +77,12 @@ __all__ = [
     "calibrate_steps",
     "calibrate_steps_for",
     "calibrate_q",
+    # distributed discrete noise (dpcalib.discrete)
+    "plan_skellam",
+    "SkellamPlan",
+    "rounded_l2_bound",
+    "rounded_l1_bound",
+    "wrap_probability",
     # accountants
     "Accountant",
     "RdpAccountant",
@@ -84,6 +93,7 @@ __all__ = [
     # events
     "Event",
     "Gaussian",
+    "Skellam",
     "PoissonSampled",
     "SampledWithoutReplacement",
     "ShuffledEpoch",
@@ -102,6 +112,9 @@ __all__ = [
     "gaussian_rdp",
     "poisson_gaussian_rdp",
     "without_replacement_gaussian_rdp",
+    "skellam_rdp",
+    "poisson_skellam_rdp",
+    "without_replacement_skellam_rdp",
     "rdp_to_epsilon",
     "rdp_to_delta",
     "optimise_epsilon",

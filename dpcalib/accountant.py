@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import pld, rdp
+from . import pld, rdp, skellam
 from .conversion import METHODS, Conversion, optimise_delta, optimise_epsilon
 from .errors import InvalidArgumentError, UnsupportedEventError
 from .events import (
@@ -36,6 +36,7 @@ from .events import (
     SampledWithoutReplacement,
     Sampler,
     ShuffledEpoch,
+    Skellam,
     as_sampler,
     event_from_dict,
     event_to_dict,
@@ -52,7 +53,7 @@ __all__ = [
     "accountant_from_state_dict",
 ]
 
-_EVENT_TYPES = (Gaussian, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed)
+_EVENT_TYPES = (Gaussian, Skellam, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed)
 
 
 class Accountant(abc.ABC):
@@ -198,7 +199,7 @@ def _check_event(event: Any) -> Event:
         raise InvalidArgumentError(
             "event",
             event,
-            "a dpcalib event (Gaussian, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed)",
+            "a dpcalib event (Gaussian, Skellam, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed)",
         )
     return event
 
@@ -234,7 +235,11 @@ class RdpAccountant(Accountant):
     ``Gaussian(σ)``: α/(2σ'²) (Mironov 2017, Prop. 7); ``PoissonSampled(q, Gaussian)`` under add/remove (Mironov,
     Talwar, Zhang 2019, exact); ``SampledWithoutReplacement(n, batch, Gaussian)`` under replace-one (Wang, Balle,
     Kasiviswanathan 2019, Theorem 9 with ε(j) = j/(2σ'²)); ``ShuffledEpoch(n, batch, Gaussian)`` under
-    replace-one: α/(2σ'²) per epoch, no amplification; any ``Repeated``/``Composed`` nesting of those.
+    replace-one: α/(2σ'²) per epoch, no amplification; ``Skellam(μ, Δ1, Δ2)`` with the sensitivities times Δ
+    (Agarwal, Kairouz, Liu 2021, Theorem 3.5, :mod:`dpcalib.skellam`), ``PoissonSampled(q, Skellam)`` under
+    add/remove (Zhu & Wang 2019, Theorem 6, the general upper bound) and
+    ``SampledWithoutReplacement(n, batch, Skellam)`` under replace-one (Wang, Balle, Kasiviswanathan 2019,
+    Theorem 9 with ε(∞) = ∞); any ``Repeated``/``Composed`` nesting of those.
     """
 
     name = "rdp"
@@ -269,10 +274,20 @@ class RdpAccountant(Accountant):
 
     @staticmethod
     def _check_leaf(leaf: Event, neighbouring: Neighbouring) -> None:
-        if isinstance(leaf, Gaussian):
+        if isinstance(leaf, (Gaussian, Skellam)):
+            return
+        if isinstance(leaf, PoissonSampled) and isinstance(leaf.event, Skellam):
+            if neighbouring is not Neighbouring.ADD_REMOVE:
+                raise UnsupportedEventError("PoissonSampled events need neighbouring='add_remove' in RdpAccountant")
+            return
+        if isinstance(leaf, SampledWithoutReplacement) and isinstance(leaf.event, Skellam):
+            if neighbouring is not Neighbouring.REPLACE_ONE:
+                raise UnsupportedEventError("SampledWithoutReplacement events need neighbouring='replace_one'")
             return
         if not isinstance(leaf.event, Gaussian):  # type: ignore[union-attr]
-            raise UnsupportedEventError(f"RdpAccountant supports sampling of a Gaussian event only, not {leaf!r}")
+            raise UnsupportedEventError(
+                f"RdpAccountant supports sampling of a Gaussian or a Skellam event only, not {leaf!r}"
+            )
         if isinstance(leaf, PoissonSampled) and neighbouring is not Neighbouring.ADD_REMOVE:
             raise UnsupportedEventError("PoissonSampled events need neighbouring='add_remove' in RdpAccountant")
         if isinstance(leaf, (SampledWithoutReplacement, ShuffledEpoch)) and neighbouring is not Neighbouring.REPLACE_ONE:
@@ -298,6 +313,15 @@ class RdpAccountant(Accountant):
 
     def _leaf_rdp(self, leaf: Event, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
         """The RDP of one run of a leaf event, at the relation's sensitivity."""
+        noise = leaf.event if isinstance(leaf, (PoissonSampled, SampledWithoutReplacement)) else leaf
+        if isinstance(noise, Skellam):
+            factor = self.neighbouring.sensitivity
+            l1, l2 = factor * noise.l1_sensitivity, factor * noise.l2_sensitivity
+            if isinstance(leaf, PoissonSampled):
+                return skellam.poisson_skellam_curve(leaf.q, noise.mu, l1, l2, alpha)
+            if isinstance(leaf, SampledWithoutReplacement):
+                return skellam.without_replacement_skellam_curve(leaf.batch / leaf.n, noise.mu, l1, l2, alpha)
+            return skellam.skellam_curve(noise.mu, l1, l2, alpha)
         sigma = self.unit_sigma(leaf if isinstance(leaf, Gaussian) else leaf.event)  # type: ignore[union-attr, arg-type]
         if isinstance(leaf, PoissonSampled):
             return rdp.poisson_curve(leaf.q, sigma, alpha)

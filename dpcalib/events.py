@@ -35,6 +35,7 @@ from . import validation as check
 __all__ = [
     "Neighbouring",
     "Gaussian",
+    "Skellam",
     "PoissonSampled",
     "SampledWithoutReplacement",
     "ShuffledEpoch",
@@ -95,6 +96,33 @@ class Gaussian:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigma", check.noise_multiplier("sigma", self.sigma))
+
+
+@dataclass(frozen=True)
+class Skellam:
+    """The Skellam mechanism on a sum of integer vectors: the released sum carries independent noise
+    ``Sk(mu/2, mu/2) = Poi(mu/2) − Poi(mu/2)`` of variance ``mu`` on every coordinate (Agarwal, Kairouz, Liu 2021).
+
+    ``l1_sensitivity`` and ``l2_sensitivity`` bound the ℓ1 and ℓ2 norms of one contribution (one record, or one
+    client's rounded integer vector), in the integer units of the sum; like a Gaussian's σ they are stated for
+    add/remove, and the accountant doubles them under replace-one (:attr:`Neighbouring.sensitivity`).
+
+    Distributed noise with a dropout floor: when each client adds a share ``Sk(mu/t)`` and a round's sum is only
+    released if it covers at least ``t = min_survivors`` clients (a set that does not depend on the data), the
+    released noise is ``Sk(s·mu/t)`` with ``s ≥ t`` survivors, i.e. ``Sk(mu)`` plus independent noise:
+    post-processing of this event. **The accounted noise is the floor's, ``mu``**, whatever the realised number
+    of shares. The domain (:func:`dpcalib.validation.skellam_parameters`): all finite and > 0,
+    ``l2_sensitivity ≤ l1_sensitivity``, ``√mu / l2_sensitivity`` in :data:`dpcalib.validation.SIGMA_RANGE`."""
+
+    mu: float
+    l1_sensitivity: float
+    l2_sensitivity: float
+
+    def __post_init__(self) -> None:
+        mu, l1, l2 = check.skellam_parameters(self.mu, self.l1_sensitivity, self.l2_sensitivity)
+        object.__setattr__(self, "mu", mu)
+        object.__setattr__(self, "l1_sensitivity", l1)
+        object.__setattr__(self, "l2_sensitivity", l2)
 
 
 @dataclass(frozen=True)
@@ -174,7 +202,7 @@ class Composed:
         object.__setattr__(self, "events", tuple(self.events))
 
 
-Event = Union[Gaussian, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed]
+Event = Union[Gaussian, Skellam, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed]
 
 _SAMPLER_OF_LEAF = {PoissonSampled: Sampler.POISSON, SampledWithoutReplacement: Sampler.FIXED, ShuffledEpoch: Sampler.SHUFFLE}
 
@@ -253,6 +281,9 @@ def event_to_dict(event: Event) -> dict[str, Any]:
     """A JSON-serialisable description of ``event`` that :func:`event_from_dict` turns back into an equal event."""
     if isinstance(event, Gaussian):
         return {"type": "gaussian", "sigma": event.sigma}
+    if isinstance(event, Skellam):
+        return {"type": "skellam", "mu": event.mu, "l1_sensitivity": event.l1_sensitivity,
+                "l2_sensitivity": event.l2_sensitivity}
     if isinstance(event, PoissonSampled):
         return {"type": "poisson_sampled", "q": event.q, "event": event_to_dict(event.event)}
     if isinstance(event, SampledWithoutReplacement):
@@ -263,7 +294,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         return {"type": "repeated", "count": event.count, "event": event_to_dict(event.event)}
     if isinstance(event, Composed):
         return {"type": "composed", "events": [event_to_dict(e) for e in event.events]}
-    raise InvalidArgumentError("event", event, "a dpcalib event (Gaussian, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed)")
+    raise InvalidArgumentError("event", event, "a dpcalib event (Gaussian, Skellam, PoissonSampled, SampledWithoutReplacement, ShuffledEpoch, Repeated, Composed)")
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:
@@ -272,6 +303,8 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
     try:
         if kind == "gaussian":
             return Gaussian(data["sigma"])
+        if kind == "skellam":
+            return Skellam(data["mu"], data["l1_sensitivity"], data["l2_sensitivity"])
         if kind == "poisson_sampled":
             return PoissonSampled(data["q"], event_from_dict(data["event"]))
         if kind == "sampled_without_replacement":
@@ -284,4 +317,4 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
             return Composed(tuple(event_from_dict(e) for e in data["events"]))
     except KeyError as missing:
         raise InvalidArgumentError("event", dict(data), f"a dict with the field {missing}") from None
-    raise InvalidArgumentError("event", data, "a dict with 'type' in gaussian, poisson_sampled, sampled_without_replacement, shuffled_epoch, repeated, composed")
+    raise InvalidArgumentError("event", data, "a dict with 'type' in gaussian, skellam, poisson_sampled, sampled_without_replacement, shuffled_epoch, repeated, composed")

@@ -48,6 +48,8 @@ __all__ = [
     "steps",
     "size",
     "noise_multiplier",
+    "skellam_parameters",
+    "SKELLAM_L1_RATIO_MAX",
     "SIZE_MAX",
 ]
 
@@ -148,3 +150,27 @@ def noise_multiplier(name: str, value: object) -> float:
     if x is None or not (lo <= x <= hi):
         raise InvalidArgumentError(name, value, f"in [{lo:g}, {hi:g}]")
     return x
+
+
+
+#: The largest ratio ℓ1 sensitivity / μ of a Skellam mechanism (:func:`skellam_parameters`).
+SKELLAM_L1_RATIO_MAX = 1e200
+
+
+def skellam_parameters(mu: object, l1_sensitivity: object, l2_sensitivity: object) -> tuple[float, float, float]:
+    """``(μ, Δ1, Δ2)`` of a Skellam mechanism as floats, or :class:`InvalidArgumentError` naming the argument.
+
+    All finite and > 0, with Δ2 ≤ Δ1 (every vector's ℓ2 norm is at most its ℓ1 norm); the Gaussian-equivalent
+    multiplier √μ/Δ2 in :data:`SIGMA_RANGE` (as a Gaussian's σ, so that every RDP value stays a finite, positive
+    double), and Δ1/μ ≤ :data:`SKELLAM_L1_RATIO_MAX` (the discretisation term 3Δ1/(2μ) stays finite likewise)."""
+    m = positive("mu", mu)
+    l1 = positive("l1_sensitivity", l1_sensitivity)
+    l2 = positive("l2_sensitivity", l2_sensitivity)
+    if l1 < l2:
+        raise InvalidArgumentError("l1_sensitivity", l1_sensitivity, f">= l2_sensitivity={l2:g} (||v||_1 >= ||v||_2)")
+    lo, hi = SIGMA_RANGE
+    if not lo <= math.sqrt(m) / l2 <= hi:
+        raise InvalidArgumentError("mu", mu, f"such that sqrt(mu)/l2_sensitivity is in [{lo:g}, {hi:g}] (l2_sensitivity={l2:g})")
+    if l1 / m > SKELLAM_L1_RATIO_MAX:
+        raise InvalidArgumentError("mu", mu, f">= l1_sensitivity/{SKELLAM_L1_RATIO_MAX:g} (l1_sensitivity={l1:g})")
+    return m, l1, l2

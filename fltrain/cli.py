@@ -21,7 +21,8 @@ import click
 from dpcalib.errors import DpcalibError
 
 from .config import (
-    ACCOUNTANTS, CLIENT_SAMPLING, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, SAMPLERS, SERVER_OPTIMIZERS,
+    ACCOUNTANTS, CLIENT_NOISE, CLIENT_SAMPLING, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, SAMPLERS,
+    SERVER_OPTIMIZERS,
     ConfigError, RunConfig, load_toml, nest,
 )
 from .data import DataUnavailableError
@@ -96,8 +97,11 @@ _PRIVACY_FLAGS: list[tuple[str, str | None, Any, str, str]] = [
      "same budget)", "expected clients / 20"),
     ("min_survivors", "client", int, "--dp client --secure-agg: t; each client adds 1/t of the noise variance and a "
      "round with fewer survivors aborts", "floor(2m/3) + 1"),
+    ("client_noise", "client", click.Choice(CLIENT_NOISE), "--dp client --secure-agg: gaussian (float shares) or "
+     "skellam (integer shares in Z_(2^bits), accounted exactly)", "gaussian"),
+    ("bits", "client", int, "--client-noise skellam: bits per coordinate of the secure sum, in [2, 53]", "16"),
 ]
-_SECTION_KEY = {"client_sampling": "sampling"}
+_SECTION_KEY = {"client_sampling": "sampling", "client_noise": "noise"}
 
 
 def _option(field: dataclasses.Field) -> Any:

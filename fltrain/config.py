@@ -48,6 +48,7 @@ __all__ = [
     "SERVER_OPTIMIZERS",
     "CLIENT_SAMPLING",
     "SAMPLERS",
+    "CLIENT_NOISE",
     "RUNTIME_FIELDS",
     "MODE_KEYS",
     "CLIENT_DELTA_LIMIT",
@@ -66,6 +67,8 @@ SERVER_OPTIMIZERS = ("sgd", "adam")
 CLIENT_SAMPLING = ("auto", "poisson", "fixed")
 #: record-level DP-SGD's batch samplers (:class:`dpcalib.Sampler`, :mod:`fltrain.sampling`)
 SAMPLERS = tuple(s.value for s in dpcalib.Sampler)
+#: client-level noise shares under secure aggregation: float Gaussian, or integer Skellam (the discrete pipeline)
+CLIENT_NOISE = ("gaussian", "skellam")
 #: the default δ of client-level DP, 1/clients^1.1, is used only when it is at most this; below ~534 clients a δ
 #: must be given (a δ near 1/clients allows a mechanism that publishes one client's data outright)
 CLIENT_DELTA_LIMIT = 1e-3
@@ -190,6 +193,10 @@ class ClientDP:
         adaptive_clip, target_quantile, clip_lr, count_noise_std: adaptive clipping (Andrew et al. 2021).
         min_survivors: t of distributed noise (secure aggregation): each client adds 1/t of the noise variance and
             a round with fewer than t survivors aborts; None: ``⌊2m/3⌋ + 1``.
+        noise: ``gaussian`` (float shares in fixed point) or ``skellam`` (integer shares in Z_(2^bits), the
+            accounted mechanism exactly; secure aggregation, fixed clip, σ calibrated; see
+            :mod:`fltrain.privacy.discrete`).
+        bits: bits per coordinate of the ring with ``noise = "skellam"``, in [2, 53] (messages travel as float64).
     """
 
     eps: float = 4.0
@@ -204,6 +211,8 @@ class ClientDP:
     clip_lr: float = 0.2
     count_noise_std: float | None = None
     min_survivors: int | None = None
+    noise: str = "gaussian"
+    bits: int = 16
 
     def __post_init__(self) -> None:
         check.positive("client.eps", self.eps)
@@ -223,6 +232,8 @@ class ClientDP:
             check.positive("client.count_noise_std", self.count_noise_std)
         if self.min_survivors is not None:
             check.count("client.min_survivors", self.min_survivors, minimum=2)
+        _choice("client.noise", self.noise, CLIENT_NOISE)
+        check.count("client.bits", self.bits, 2, 53)
         _canonical_numbers(self)
 
 
@@ -381,6 +392,10 @@ class RunConfig:
             low = 2 * round(m) // 3 + 1
             if not low <= c.min_survivors <= m:
                 raise InvalidArgumentError("client.min_survivors", c.min_survivors, f"in [{low}, {round(m)}]")
+        if c.noise == "skellam" and not (self.secure_agg and c.sigma is None and not c.adaptive_clip
+                                         and c.accountant == "rdp"):
+            raise ConfigError("client.noise='skellam' needs secure_agg, a calibrated sigma (no client.sigma), a "
+                              "fixed clip (no client.adaptive_clip) and client.accountant='rdp'")
         if not c.adaptive_clip and c.count_noise_std is not None:
             raise ConfigError("client.count_noise_std applies to adaptive clipping (client.adaptive_clip) only")
         if c.delta is not None and c.delta >= 1.0 / self.clients:

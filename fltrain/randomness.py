@@ -17,7 +17,14 @@ The keystream is turned into tensors as follows (all exact on the bit level):
   deviations and its values lie on a floating-point grid (Mironov 2012, "On significance of the least
   significant bits for differential privacy"); fltrain does not defend against that attack;
 - permutations: the argsort of float64 uniforms (a tie, probability below ``n²·2^-54``, would bias it
-  negligibly).
+  negligibly);
+- Poisson and Skellam integers (:func:`poisson`, :func:`skellam`, the noise shares of distributed discrete DP):
+  inversion of the Poisson CDF at the midpoints ``u + 2^-54`` of 53-bit uniforms, by binary search in a table of
+  the CDF (scipy's ``pdtr``, accurate to ~1e-15 relative) over ``λ ± (20√λ + 40)``, outside which the Poisson mass
+  is below e^-60 ≈ 1e-26 on each side (Bernstein's inequality), far below the uniforms' 2^-54
+  resolution; a Skellam integer ``Sk(v/2, v/2)`` is the difference of two such Poisson draws.
+  Exact but for the 53-bit grid of the uniforms and the CDF's rounding (like the Gaussians, a floating-point
+  sampler).
 
 :class:`ReproducibleRandom` is ``torch.Generator`` seeded from ``--seed``: the same interface, and a state that
 checkpoints save, so a run is repeatable bit for bit. It is what the seed drives (partitioning and model
@@ -32,14 +39,18 @@ with AES-NI, so the Gaussians of one DP-SGD step of 4 clients of the 26,010-para
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from dpcalib import validation as check
+from dpcalib.errors import InvalidArgumentError
 
-__all__ = ["RandomSource", "SecureRandom", "ReproducibleRandom"]
+__all__ = ["RandomSource", "SecureRandom", "ReproducibleRandom", "POISSON_RATE_MAX", "poisson", "skellam"]
 
 _KEY_BYTES = 32  # AES-256
 _TWO_PI = 2.0 * math.pi
@@ -140,3 +151,37 @@ class ReproducibleRandom:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
+
+
+#: Poisson rates :func:`poisson` accepts (its CDF table spans λ ± (20√λ + 40): ~1.3 million entries at the top)
+POISSON_RATE_MAX = 1e9
+
+
+@functools.lru_cache(maxsize=16)
+def _poisson_table(rate: float) -> tuple[int, np.ndarray]:
+    """(the table's first value k₀, the Poisson(``rate``) CDF at k₀, k₀ + 1, …) over λ ± (20√λ + 40)."""
+    from scipy import special
+
+    width = 20.0 * math.sqrt(rate) + 40.0
+    low, high = max(0, math.floor(rate - width)), math.ceil(rate + width)
+    cdf = special.pdtr(np.arange(low, high + 1, dtype=np.float64), rate)
+    cdf.setflags(write=False)
+    return low, cdf
+
+
+def poisson(source: RandomSource, rate: float, count: int) -> torch.Tensor:
+    """``count`` independent Poisson(``rate``) integers (int64) by inversion of 53-bit uniforms from ``source``
+    (see the module docstring); ``rate`` in (0, :data:`POISSON_RATE_MAX`]."""
+    rate = check.positive("rate", rate)
+    if rate > POISSON_RATE_MAX:
+        raise InvalidArgumentError("rate", rate, f"in (0, {POISSON_RATE_MAX:g}]")
+    count = check.count("count", count, minimum=0)
+    low, cdf = _poisson_table(rate)
+    u = source.rand(count, dtype=torch.float64).numpy() + 2.0**-54
+    index = np.minimum(np.searchsorted(cdf, u, side="left"), cdf.size - 1)
+    return torch.from_numpy(index.astype(np.int64) + low)
+
+
+def skellam(source: RandomSource, variance: float, count: int) -> torch.Tensor:
+    """``count`` independent Skellam integers ``Poi(v/2) − Poi(v/2)`` of variance ``variance`` (int64)."""
+    return poisson(source, variance / 2.0, count) - poisson(source, variance / 2.0, count)

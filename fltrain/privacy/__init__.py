@@ -4,7 +4,8 @@ server's steps of a round, its ledger and what it releases (see :mod:`.mode` for
 - :class:`~.record.RecordLevel` (``dp = "sample"``): DP-SGD on every client, record-level (add/remove with
   Poisson batches, replace-one with fixed-size batches or shuffled epochs);
 - :class:`~.clientlevel.ClientLevel` (``dp = "client"``): DP-FedAvg, client-level (add/remove with a Poisson cohort
-  and central noise, replace-one with a fixed cohort and distributed noise under secure aggregation);
+  and central noise, replace-one with a fixed cohort and distributed noise under secure aggregation: Gaussian
+  float shares, or Skellam integer shares through :mod:`.discrete`);
 - :class:`~.none.NoPrivacy` (``dp = "none"``): FedAvg.
 
 :func:`build_mode` makes the mode a :class:`fltrain.config.RunConfig` asks for.
@@ -61,4 +62,4 @@ def build_mode(cfg: RunConfig, *, dim: int, train_records: int, client_sizes: li
                               delta=cfg.resolved_delta, clip=c.clip, accountant=c.accountant, sigma=c.sigma,
                               adaptive_clip=c.adaptive_clip, target_quantile=c.target_quantile, clip_lr=c.clip_lr,
                               count_noise_std=c.count_noise_std, distributed=cfg.secure_agg,
-                              min_survivors=c.min_survivors)
+                              min_survivors=c.min_survivors, noise=c.noise, bits=c.bits)

@@ -27,6 +27,11 @@ with clients can subtract their shares, so the guarantee holds against a server 
 of the cohort (with every client present). A Poisson cohort cannot be used with distributed noise: the variance
 ``K·(share variance)`` would reveal the realised count ``K``.
 
+**Discrete noise** (``noise="skellam"``, distributed only): the shares are integers and the sum is computed in
+Z_(2^bits), so the release is exactly the accounted mechanism (see :mod:`fltrain.privacy.discrete`); the round
+event is ``SampledWithoutReplacement(N, m, Skellam(μ, Δ1, Δ2))`` planned by :func:`dpcalib.plan_skellam`. Adaptive
+clipping and an explicit σ are not available with it.
+
 **Accounting.** The sum (sensitivity C) and the count (sensitivity 1/2) are one Gaussian mechanism of multiplier
 ``z`` with ``z^{-2} = z_Δ^{-2} + (2σ_b)^{-2}`` (Andrew et al. 2021, Sec. 3), so one round is
 ``cohort.event(z)``: ``PoissonSampled(m/N, Gaussian(z))`` (add/remove) or ``SampledWithoutReplacement(N, m,
@@ -47,6 +52,7 @@ from dpcalib.errors import InvalidArgumentError
 from ..client import LocalTraining
 from ..randomness import RandomSource
 from .cohort import Cohort, FixedCohort
+from .discrete import SkellamShares
 from .mode import PrivacyMode
 from .plan import PrivacyPlan, make_plan
 
@@ -121,6 +127,8 @@ class ClientLevel(PrivacyMode):
         count_noise_std: ``σ_b`` of the count query (0 without adaptive clipping).
         distributed: the clients add the noise in shares (secure aggregation) instead of the server.
         min_survivors: ``t`` of distributed noise (default ``⌊2m/3⌋ + 1``), in ``[⌊2m/3⌋ + 1, m]``.
+        shares: the discrete pipeline (``noise="skellam"`` in :meth:`create`; distributed only), or None for
+            Gaussian noise.
     """
 
     name: ClassVar[str] = "client"
@@ -128,7 +136,7 @@ class ClientLevel(PrivacyMode):
 
     def __init__(self, *, cohort: Cohort, rng: RandomSource, plan: PrivacyPlan, dim: int, clip: float,
                  adaptive: AdaptiveClip | None = None, count_noise_std: float = 0.0, distributed: bool = False,
-                 min_survivors: int | None = None) -> None:
+                 min_survivors: int | None = None, shares: SkellamShares | None = None) -> None:
         super().__init__(cohort=cohort, rng=rng, plan=plan)
         self.dim = check.count("dim", dim)
         self.adaptive = adaptive
@@ -147,15 +155,34 @@ class ClientLevel(PrivacyMode):
                 raise InvalidArgumentError("min_survivors", min_survivors, f"in [{low}, cohort={cohort.size}]")
         elif min_survivors is not None:
             raise InvalidArgumentError("min_survivors", min_survivors, "unset without secure aggregation")
+        if shares is not None and (not distributed or adaptive is not None):
+            raise InvalidArgumentError("noise", "skellam", "used with distributed noise and a fixed clip only")
+        self.shares = shares
         self._last: dict[str, float] = {}
 
     @classmethod
     def create(cls, *, cohort: Cohort, rng: RandomSource, dim: int, rounds: int, eps: float, delta: float,
                clip: float, accountant: str, sigma: float | None = None, adaptive_clip: bool = False,
                target_quantile: float = 0.5, clip_lr: float = 0.2, count_noise_std: float | None = None,
-               distributed: bool = False, min_survivors: int | None = None) -> "ClientLevel":
+               distributed: bool = False, min_survivors: int | None = None, noise: str = "gaussian",
+               bits: int = 16) -> "ClientLevel":
         """Plan the run (``z`` calibrated by dpcalib unless ``sigma`` is given; ``count_noise_std`` defaults to
-        ``m/20`` with adaptive clipping) and build the mode."""
+        ``m/20`` with adaptive clipping) and build the mode. ``noise="skellam"``: integer shares in Z_(2^bits)
+        (distributed, fixed cohort, fixed clip, σ calibrated; see :mod:`fltrain.privacy.discrete`)."""
+        if noise == "skellam":
+            if not (distributed and isinstance(cohort, FixedCohort)) or adaptive_clip or sigma is not None:
+                raise InvalidArgumentError("noise", noise, "'gaussian' unless distributed over a fixed cohort, with a "
+                                           "fixed clip and a calibrated sigma")
+            if accountant != "rdp":
+                raise InvalidArgumentError("accountant", accountant, "'rdp' with noise='skellam' (the Skellam "
+                                           "mechanism has an RDP bound only)")
+            floor = 2 * cohort.size // 3 + 1 if min_survivors is None else min_survivors
+            shares = SkellamShares.create(cohort=cohort, rng=rng, dim=dim, rounds=rounds, eps=eps, delta=delta,
+                                          clip=clip, bits=bits, min_survivors=floor)
+            return cls(cohort=cohort, rng=rng, plan=shares.privacy_plan(accountant), dim=dim, clip=clip,
+                       distributed=True, min_survivors=min_survivors, shares=shares)
+        if noise != "gaussian":
+            raise InvalidArgumentError("noise", noise, "'gaussian' or 'skellam'")
         plan = make_plan(cohort.event, rounds=rounds, eps=eps, delta=delta, accountant=accountant,
                          neighbouring=cohort.neighbouring, sigma=sigma, what=f" (one round of {cohort.expected:g} "
                          f"expected of {cohort.num_clients} clients)")
@@ -202,6 +229,8 @@ class ClientLevel(PrivacyMode):
         return base  # no noise on the client's records: the unit of privacy is the client
 
     def message_width(self, dim: int) -> int:
+        if self.shares is not None:
+            return self.shares.codec.padded_dim
         return dim + (1 if self.adaptive is not None else 0)
 
     def client_message(self, deltas: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
@@ -211,6 +240,8 @@ class ClientLevel(PrivacyMode):
             raise InvalidArgumentError("deltas", tuple(deltas.shape), f"of dimension d={self.dim}")
         clip = self.clip
         clipped, norms = clip_deltas(deltas, clip)
+        if self.shares is not None:
+            return self.shares.encode(clipped)
         message = clipped.to(torch.float64)
         if self.adaptive is not None:
             message = torch.cat([message, (norms <= clip).to(torch.float64).unsqueeze(1) - 0.5], dim=1)
@@ -222,9 +253,12 @@ class ClientLevel(PrivacyMode):
     def min_survivors(self, k: int) -> int:
         return self.floor if self.floor is not None else super().min_survivors(k)
 
+    def secure_ring_bits(self) -> int | None:
+        return None if self.shares is None else self.shares.plan.bits
+
     def secure_sum_range(self) -> float | None:
         """``max(C, 1/2) + NOISE_RANGE_SIGMAS ×`` the largest share std: a coordinate of a message fits."""
-        if not self.distributed:
+        if not self.distributed or self.shares is not None:
             return None
         assert self.floor is not None
         return max(self.clip, 0.5) + NOISE_RANGE_SIGMAS * float(self._stds(self.clip).max()) / math.sqrt(self.floor)
@@ -235,6 +269,10 @@ class ClientLevel(PrivacyMode):
         """Central noise (unless distributed), the fixed denominator ``m``, the adaptive clip step. The noise is
         added even when the cohort is empty: the release must not reveal that."""
         clip = self.clip
+        if self.shares is not None:
+            assert isinstance(self.cohort, FixedCohort)
+            self._last = {"clip": clip, "noise_std": self.shares.noise_std(self.cohort.size)}
+            return self.shares.decode(total) / self.cohort.expected
         noisy = total.to(torch.float64)
         if not self.distributed:
             noisy = noisy + self.rng.randn(noisy.shape, torch.float64) * self._stds(clip)
@@ -265,6 +303,11 @@ class ClientLevel(PrivacyMode):
             "sum_noise_multiplier": self.sum_noise_multiplier, "count_noise_std": self.count_noise_std,
             "noise_added_by": "clients, in shares under secure aggregation" if self.distributed else "server",
             "min_survivors": self.floor, "denominator": self.cohort.expected,
+            **({} if self.shares is None else {"discrete": {
+                "noise": "skellam", "bits": self.shares.plan.bits, "scale": self.shares.plan.scale,
+                "mu": self.shares.plan.mu, "share_variance": self.shares.plan.share_variance,
+                "l2_sensitivity": self.shares.plan.l2_sensitivity, "l1_sensitivity": self.shares.plan.l1_sensitivity,
+                "wrap_probability": self.shares.plan.wrap_probability}}),
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -92,6 +92,11 @@ class PrivacyMode(abc.ABC):
         """The fixed-point range each message coordinate must fit in under secure aggregation (None: default)."""
         return None
 
+    def secure_ring_bits(self) -> int | None:
+        """With integer messages (the discrete pipeline), the bits of the ring Z_(2^bits) secure aggregation sums
+        them in; None: float messages in fixed point (:meth:`secure_sum_range`)."""
+        return None
+
     def min_survivors(self, k: int) -> int:
         """Fewest surviving clients out of ``k`` for which a secure-aggregation round may complete."""
         return 2 * k // 3 + 1

@@ -2,11 +2,13 @@
 
 Bonawitz et al. (CCS 2017) in the variant against a malicious server (signed messages, a consistency check),
 with dropouts at every stage, and SecAgg+ (Bell et al., CCS 2020) over a sparse random graph for many clients.
-Modules: :mod:`.encoding` (fixed point in Z_(2^k)), :mod:`.shamir` (threshold sharing), :mod:`.crypto` (X25519,
-Ed25519, HKDF, AES-GCM, AES-CTR from ``cryptography``), :mod:`.graph` (who shares with whom), :mod:`.messages`
-(the wire), :mod:`.protocol` (client, server, one in-process round), :mod:`.errors`.
+Modules: :mod:`.encoding` (fixed point in Z_(2^k)), :mod:`.discrete` (integer vectors: rotation, rounding,
+the ring codec), :mod:`.shamir` (threshold sharing), :mod:`.crypto` (X25519, Ed25519, HKDF, AES-GCM, AES-CTR
+from ``cryptography``), :mod:`.graph` (who shares with whom), :mod:`.messages` (the wire), :mod:`.protocol`
+(client, server, one in-process round), :mod:`.errors`.
 """
 
+from .discrete import DiscreteCodec, RingCodec, RoundingError
 from .encoding import FixedPoint, Ring
 from .errors import (
     ConsistencyError,
@@ -34,6 +36,9 @@ from .protocol import (
 __all__ = [
     "FixedPoint",
     "Ring",
+    "RingCodec",
+    "DiscreteCodec",
+    "RoundingError",
     "SecAggError",
     "TooFewClientsError",
     "IntegrityError",

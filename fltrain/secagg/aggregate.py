@@ -32,6 +32,7 @@ import torch
 from dpcalib.errors import InvalidArgumentError
 
 from ..privacy.mode import PrivacyMode
+from .discrete import RingCodec
 from .encoding import FixedPoint
 from .graph import complete_graph, harary_graph, secagg_plus_degree
 from .protocol import SecAggParams, run_secure_aggregation
@@ -75,26 +76,35 @@ class SecureSum:
         holders = k if k <= self.sparse_above else secagg_plus_degree(k) + 1
         return 2 * holders // 3 + 1
 
-    def sum(self, vectors: torch.Tensor, *, min_survivors: int | None = None) -> torch.Tensor:
+    def sum(self, vectors: torch.Tensor, *, min_survivors: int | None = None, ring_bits: int | None = None
+            ) -> torch.Tensor:
         """The sum over rows of ``vectors`` (K, P), K ≥ 2, computed by the protocol; float64 (P,). A round whose
-        sum would cover fewer than ``min_survivors`` inputs (default ``⌊2K/3⌋ + 1``) aborts."""
+        sum would cover fewer than ``min_survivors`` inputs (default ``⌊2K/3⌋ + 1``) aborts. With ``ring_bits``
+        the rows are integers of Z_(2^ring_bits) (:class:`~fltrain.secagg.discrete.RingCodec`) and the result is
+        the lifted modular sum."""
         k = vectors.shape[0]
         if k < 2:
             raise InvalidArgumentError("clients", k, "at least 2 per round with secure aggregation (the sum of "
                                        "one client is its update)")
         data = vectors.detach().to(torch.float64).cpu().numpy()
-        outside = int(np.sum(np.abs(data) > self.coordinate_range))
-        if outside:
-            warnings.warn(f"{outside} coordinates outside ±{self.coordinate_range} were clipped before secure "
-                          "aggregation", SecAggRangeWarning, stacklevel=2)
-        params = SecAggParams(data.shape[1], FixedPoint(self.coordinate_range, self.frac_bits, k),
+        if ring_bits is not None:
+            codec: FixedPoint | RingCodec = RingCodec(ring_bits)
+            data = np.rint(data).astype(np.int64)
+        else:
+            codec = FixedPoint(self.coordinate_range, self.frac_bits, k)
+            outside = int(np.sum(np.abs(data) > self.coordinate_range))
+            if outside:
+                warnings.warn(f"{outside} coordinates outside ±{self.coordinate_range} were clipped before secure "
+                              "aggregation", SecAggRangeWarning, stacklevel=2)
+        params = SecAggParams(data.shape[1], codec,
                               threshold=self.threshold(k),
                               min_survivors=2 * k // 3 + 1 if min_survivors is None else min_survivors)
         result, _ = run_secure_aggregation({u: data[u - 1] for u in range(1, k + 1)}, params, graph=self._graph(k))
-        return torch.from_numpy(result.total)
+        return torch.from_numpy(result.total.astype(np.float64))
 
     def __call__(self, messages: torch.Tensor, mode: PrivacyMode) -> torch.Tensor:
         """The :class:`fltrain.fedavg.Summer` of a round: the sum under the mode's range and dropout floor."""
         bound = mode.secure_sum_range()
         settings = self if bound is None else dataclasses.replace(self, coordinate_range=bound)
-        return settings.sum(messages, min_survivors=mode.min_survivors(messages.shape[0]))
+        return settings.sum(messages, min_survivors=mode.min_survivors(messages.shape[0]),
+                            ring_bits=mode.secure_ring_bits())

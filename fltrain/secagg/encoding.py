@@ -64,6 +64,11 @@ class Ring:
         """``(a - b) mod 2^bits``."""
         return np.bitwise_and(a - b, self.mask)
 
+    def lift(self, values: np.ndarray) -> np.ndarray:
+        """The signed representatives in ``[-2^(bits-1), 2^(bits-1))`` of ring elements, as int64 (two's complement)."""
+        shift = np.uint64(64 - self.bits)
+        return np.left_shift(self.reduce(np.asarray(values)), shift).view(np.int64) >> shift.astype(np.int64)
+
     def from_stream(self, stream: bytes, dim: int) -> np.ndarray:
         """Read ``dim`` uniform ring elements from ``dim * width`` uniform bytes (a PRG output).
 
@@ -145,7 +150,4 @@ class FixedPoint:
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Read a ring vector (a sum of at most ``max_clients`` encodings) as signed, divided by ``2^f``."""
-        shift = np.uint64(64 - self.ring.bits)
-        z = self.ring.reduce(np.asarray(z))
-        signed = np.left_shift(z, shift).view(np.int64) >> shift.astype(np.int64)
-        return signed.astype(np.float64) * self.resolution
+        return self.ring.lift(z).astype(np.float64) * self.resolution

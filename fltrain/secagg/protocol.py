@@ -69,6 +69,7 @@ from .crypto import (
     seal,
     verifying_key,
 )
+from .discrete import RingCodec
 from .encoding import FixedPoint
 from .errors import (
     ConsistencyError,
@@ -123,7 +124,8 @@ class SecAggParams:
 
     Args:
         dim: length of the input vectors.
-        codec: the fixed-point encoding (its ``max_clients`` must cover every client of the round).
+        codec: the fixed-point encoding (its ``max_clients`` must cover every client of the round), or a
+            :class:`~fltrain.secagg.discrete.RingCodec` for integer inputs (the discrete pipeline of distributed DP).
         threshold: ``t``, the number of share holders needed to reconstruct a secret; with the complete graph a
             round survives ``n - t`` dropouts. Must exceed half of each client's holders (the client itself and
             its neighbours), so that no minority can reconstruct.
@@ -135,7 +137,7 @@ class SecAggParams:
     """
 
     dim: int
-    codec: FixedPoint
+    codec: FixedPoint | RingCodec
     threshold: int
     min_survivors: int = 1
 
@@ -143,8 +145,8 @@ class SecAggParams:
         check.count("dim", self.dim, minimum=1)
         check.count("threshold", self.threshold, minimum=1)
         check.count("min_survivors", self.min_survivors, minimum=1)
-        if not isinstance(self.codec, FixedPoint):
-            raise InvalidArgumentError("codec", self.codec, "a FixedPoint encoding")
+        if not isinstance(self.codec, (FixedPoint, RingCodec)):
+            raise InvalidArgumentError("codec", self.codec, "a FixedPoint encoding or a RingCodec")
 
 
 def new_session() -> bytes:
@@ -324,7 +326,7 @@ class Client:
     def masked_input(self, delivery: ShareDelivery, x: np.ndarray) -> MaskedInput:
         """Round 2: open the shares addressed to this client (senders form U2) and send
         ``encode(x) + PRG(b_u) ± the pairwise masks with U2``, signed."""
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)  # the codec checks the type: floats for FixedPoint, integers for RingCodec
         if x.shape != (self.params.dim,):
             raise InvalidArgumentError("x", x.shape, f"a vector of shape ({self.params.dim},)")
         self._enter(2, delivery, ShareDelivery)
@@ -426,7 +428,8 @@ class Server:
         self.session = session if session is not None else new_session()
         if not isinstance(self.session, bytes) or len(self.session) != SESSION_BYTES:
             raise InvalidArgumentError("session", self.session, f"{SESSION_BYTES} bytes")
-        if len(self.graph) > params.codec.max_clients:
+        # a RingCodec's sum wraps by design beyond its range (the discrete pipeline bounds the chance of it)
+        if isinstance(params.codec, FixedPoint) and len(self.graph) > params.codec.max_clients:
             raise InvalidArgumentError("codec.max_clients", params.codec.max_clients,
                                        f">= the number of clients ({len(self.graph)})")
         sizes = {len(vs) + 1 for vs in self.graph.values()}

@@ -19,7 +19,7 @@ def test_help_lists_every_option_with_a_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     general = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("sample", "client")]
     privacy = {f.name for f in dataclasses.fields(SampleDP)} | {f.name for f in dataclasses.fields(ClientDP)}
-    privacy = (privacy - {"sampling"}) | {"client_sampling"}
+    privacy = (privacy - {"sampling", "noise"}) | {"client_sampling", "client_noise"}
     for name in [*general, *privacy]:
         assert "--" + name.replace("_", "-") in text
     assert text.count("[default:") >= len(general) + len(privacy) + 2  # + --config, --resume

@@ -81,6 +81,14 @@ def test_client_level_cohort_rules():
         RunConfig(dp="client", clients=1000, secure_agg=True, client={"expected_clients": 10, "min_survivors": 5})
     with pytest.raises(ConfigError, match="adaptive"):
         RunConfig(dp="client", clients=1000, client={"count_noise_std": 1.0})
+    assert RunConfig(dp="client", clients=1000, secure_agg=True, client={"noise": "skellam", "bits": 20}).client.bits == 20
+    for bad in ({"noise": "skellam"}, {"noise": "skellam", "adaptive_clip": True}, {"noise": "skellam", "sigma": 1.0}):
+        with pytest.raises(ConfigError, match="skellam"):
+            RunConfig(dp="client", clients=1000, secure_agg="sigma" in bad or "adaptive_clip" in bad, client=bad)
+    with pytest.raises(InvalidArgumentError, match="client.bits"):
+        RunConfig(dp="client", clients=1000, secure_agg=True, client={"noise": "skellam", "bits": 64})
+    with pytest.raises(InvalidArgumentError, match="client.noise"):
+        RunConfig(dp="client", clients=1000, secure_agg=True, client={"noise": "laplace"})
 
 
 def test_model_auto_resolves_by_dataset_and_mismatches_are_refused():

@@ -72,3 +72,15 @@ def test_client_level_run_with_secure_aggregation_is_accounted_as_a_fixed_cohort
     event = Repeated(SampledWithoutReplacement(30, 10, Gaussian(secure.sigma)), 3)
     assert secure.epsilon == pytest.approx(
         dpcalib.event_epsilon(event, delta=1e-4, neighbouring="replace_one"), rel=1e-12)
+
+
+def test_client_level_run_with_skellam_shares_charges_the_discrete_event(data_root, tmp_path):
+    config = dict(CLIENT_RUN, client=dict(CLIENT_RUN["client"], noise="skellam", bits=16))
+    secure = run(RunConfig(**config, data_dir=str(data_root), out=str(tmp_path / "skellam"), secure_agg=True))
+    assert secure.rounds_completed == 3 and secure.epsilon <= 8.0
+    discrete = secure.privacy["discrete"]
+    assert discrete["noise"] == "skellam" and discrete["bits"] == 16
+    noise = dpcalib.Skellam(discrete["mu"], discrete["l1_sensitivity"], discrete["l2_sensitivity"])
+    event = Repeated(SampledWithoutReplacement(30, 10, noise), 3)
+    assert secure.epsilon == dpcalib.event_epsilon(event, delta=1e-4, neighbouring="replace_one")
+    assert secure.privacy["plan"]["round_event"] == dpcalib.event_to_dict(SampledWithoutReplacement(30, 10, noise))

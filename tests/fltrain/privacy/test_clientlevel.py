@@ -266,3 +266,57 @@ def test_bad_aggregation_input() -> None:
         mode.client_message(torch.ones(2, 4), torch.ones(2))
     with pytest.raises(InvalidArgumentError, match="target_quantile"):
         AdaptiveClip(1.0, target_quantile=1.0, clip_lr=0.2)
+
+
+# --- distributed discrete noise (noise="skellam") ---------------------------------------------------------------
+
+
+def _skellam_mode() -> ClientLevel:
+    return ClientLevel.create(cohort=FixedCohort(200, 20), rng=SecureRandom(), dim=100, rounds=30, eps=4.0,
+                              delta=1e-5, clip=1.0, accountant="rdp", distributed=True, noise="skellam", bits=16)
+
+
+def test_skellam_ledger_equals_dpcalib_for_the_accounted_discrete_event() -> None:
+    mode = _skellam_mode()
+    plan = mode.shares.plan
+    assert mode.plan.round_event == SampledWithoutReplacement(200, 20, dpcalib.Skellam(plan.mu, plan.l1_sensitivity,
+                                                                                        plan.l2_sensitivity))
+    assert plan.min_survivors == 2 * 20 // 3 + 1 and plan.share_variance == pytest.approx(plan.mu / plan.min_survivors)
+    for _ in range(30):
+        spent = mode.charge_round()
+    expected = dpcalib.event_epsilon(dpcalib.Repeated(mode.plan.round_event, 30), delta=1e-5, accountant="rdp",
+                                     neighbouring="replace_one")
+    assert spent == expected and spent <= 4.0
+    assert mode.describe()["discrete"]["bits"] == 16
+
+
+def test_skellam_round_through_secure_aggregation_releases_the_planned_noise() -> None:
+    from fltrain.secagg.aggregate import SecureSum
+
+    mode = _skellam_mode()
+    deltas = torch.randn(20, 100) * 0.02
+    deltas[0] *= 1000.0  # clipped to C = 1 by its client
+    messages = mode.client_message(deltas, torch.ones(20))
+    assert messages.shape == (20, mode.message_width(100)) == (20, 128)
+    assert float(messages.min()) >= 0.0 and float(messages.max()) < 2.0**16  # ring elements, not floats
+    update = _release(mode, deltas, SecureSum())
+    clipped, _ = clip_deltas(deltas.to(torch.float64), 1.0)
+    noise = (update - clipped.sum(0) / 20) * 20
+    std = mode.release()["noise_std"]
+    assert std == pytest.approx(mode.shares.noise_std(20)) and std >= mode.shares.plan.noise_std
+    assert abs(float(noise.std()) / std - 1.0) < 0.3  # 100 coordinates: a loose check of the scale
+
+
+def test_skellam_needs_distributed_fixed_clip_and_calibration() -> None:
+    common = dict(cohort=FixedCohort(200, 20), rng=SecureRandom(), dim=10, rounds=3, eps=4.0, delta=1e-5, clip=1.0,
+                  accountant="rdp")
+    for bad in (dict(distributed=False, noise="skellam"), dict(distributed=True, noise="skellam", adaptive_clip=True),
+                dict(distributed=True, noise="skellam", sigma=2.0), dict(distributed=True, noise="laplace")):
+        with pytest.raises(InvalidArgumentError, match="noise"):
+            ClientLevel.create(**common, **bad)
+    with pytest.raises(InvalidArgumentError, match="bits"):
+        ClientLevel.create(**common, distributed=True, noise="skellam", bits=4)
+    with pytest.raises(InvalidArgumentError, match="Poisson rates"):  # 40 bits: shares beyond the sampler's range
+        ClientLevel.create(**common, distributed=True, noise="skellam", bits=40)
+    with pytest.raises(InvalidArgumentError, match="accountant"):
+        ClientLevel.create(**dict(common, accountant="pld"), distributed=True, noise="skellam")
