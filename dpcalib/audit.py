@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
 
 from . import validation as check
 from .errors import InvalidArgumentError
@@ -66,6 +65,8 @@ def _counts(m: object, r: object, v: object) -> tuple[int, int, int]:
 
 
 def _p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
+    from scipy import special, stats  # imported on use: importing dpcalib stays fast
+
     wrong = float(special.expit(-eps))  # 1 − q_ε = 1/(1 + e^ε)
     beta = float(stats.binom.cdf(r - v, r, wrong))  # P[F ≤ r − v] = P[W ≥ v]
     if delta == 0.0 or v == 0:
