@@ -60,7 +60,7 @@ class AuditResult:
 
     threat: str
     canaries: int
-    included: int
+    canaries_included: int
     k_plus: int
     k_minus: int
     guesses: int
@@ -125,7 +125,7 @@ def run_audit(cfg: RunConfig, *, threat: str = "white-box", canaries: int = 1000
     else:
         verdict, causes = "consistent", []
     result = AuditResult(
-        threat=threat, canaries=m, included=int(planted.included.sum()), k_plus=outcome.k_plus,
+        threat=threat, canaries=m, canaries_included=int(planted.included.sum()), k_plus=outcome.k_plus,
         k_minus=outcome.k_minus, guesses=outcome.r, correct=outcome.v, confidence=confidence, delta=delta,
         epsilon_lower=bound.epsilon, p_value=bound.p_value, epsilon_accounted=accounted, verdict=verdict,
         likely_causes=causes, dp=cfg.dp, seconds=round(time.perf_counter() - began, 3),
