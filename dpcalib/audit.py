@@ -18,9 +18,9 @@ canaries' inclusion and the run's randomness, a run that is (ε, δ)-DP yields a
 (ε', δ)-DP for some ε' < ε is (ε, δ)-DP as well, so rejecting at ε rejects every smaller ε'.
 
 **Numerics.** Both terms are tails of the binomial of *wrong* guesses ``F = r − W ~ Binomial(r, 1 − q_ε)``,
-``1 − q_ε = 1 / (1 + e^ε)`` computed as ``expit(−ε)`` (no cancellation when ε is large): ``β = P[F ≤ r − v]``
-(``scipy.stats.binom.cdf``, accurate in the tails), and the window sums of α are cumulative sums of
-``P[F = r − v + j]``, j = 1..v, in one vectorised pass. The search keeps the invariant "p-value(lo) < p"
+``1 − q_ε = 1 / (1 + e^ε)`` computed as ``expit(−ε)`` (no cancellation when ε is large):
+``β = P[F ≤ r − v]`` (``scipy.stats.binom.cdf``, accurate in the tails), and the window sums of α are cumulative
+sums of ``P[F = r − v + j]``, j = 1..v, in one vectorised pass. The search keeps the invariant "p-value(lo) < p"
 (``lo`` starts at 0 only if 0 qualifies) and bisects to :data:`EPS_TOLERANCE`; the answer is ``lo``, a point at
 which the test was actually evaluated and rejected, so rounding of the search can only make the bound smaller
 (toward less claimed leakage), never larger.

@@ -69,7 +69,8 @@ from .privacy import PrivacyLedger, PrivacyMode, build_mode
 from .serveropt import make_server_optimizer
 
 __all__ = [
-    "Progress", "RunHooks", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "PRIVATE", "LEDGER", "SUMMARY", "LOCK",
+    "Progress", "RunHooks", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "PRIVATE", "LEDGER", "SUMMARY",
+    "LOCK",
 ]
 
 CHECKPOINT = "checkpoint.pt"

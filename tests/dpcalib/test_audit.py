@@ -12,7 +12,7 @@ from dpcalib.audit import EPS_TOLERANCE, audit_epsilon_lower, audit_p_value
 
 
 def brute_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
-    """Theorem 5.2's p-value term by term in 50-digit arithmetic: β = Σ_{j≥v} P[W=j], α = max_i Σ_{v−i≤j<v} P/i."""
+    """Theorem 5.2's p-value term by term in 50 digits: β = Σ_{j≥v} P[W=j], α = max_i Σ_{v−i≤j<v} P/i."""
     with mpmath.workdps(50):
         q = mpmath.e ** eps / (1 + mpmath.e ** eps)
         pmf = [mpmath.binomial(r, j) * q**j * (1 - q) ** (r - j) for j in range(r + 1)]

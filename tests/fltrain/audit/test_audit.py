@@ -41,7 +41,8 @@ def test_audit_of_the_unmodified_run_is_consistent(data_root, tmp_path):
     assert result.correct < result.guesses  # the noise hides some canaries
     public = json.loads((out / AUDIT).read_text())
     assert public["epsilon_lower"] == result.epsilon_lower
-    assert not any(isinstance(value, list) for key, value in public.items() if key != "likely_causes")  # no per-canary data
+    # aggregates only: no per-canary data in the public file
+    assert not any(isinstance(value, list) for key, value in public.items() if key != "likely_causes")
     assert json.loads((out / SUMMARY).read_text())["audit"]["verdict"] == "consistent"
     private = json.loads((out / CANARIES).read_text())
     assert len(private["included"]) == len(private["scores"]) == 1000
