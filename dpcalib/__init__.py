@@ -61,6 +61,7 @@ from .events import (
 from . import validation
 from .skellam import poisson_skellam_rdp, skellam_rdp, without_replacement_skellam_rdp
 from .rdp import DEFAULT_ORDERS, gaussian_rdp, poisson_gaussian_rdp, without_replacement_gaussian_rdp
+from .audit import AuditBound, audit_epsilon_lower, audit_p_value
 from .report import AttackBound, RiskReport, TradeOff, gdp_mu, gdp_tpr, privacy_profile, risk_report, tradeoff
 
 __version__ = "0.1.0"
@@ -128,6 +129,10 @@ __all__ = [
     "privacy_profile",
     "gdp_mu",
     "gdp_tpr",
+    # one-run privacy audit (dpcalib.audit)
+    "audit_epsilon_lower",
+    "audit_p_value",
+    "AuditBound",
     # argument validation (for callers such as fltrain)
     "validation",
     # errors

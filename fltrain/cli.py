@@ -1,4 +1,5 @@
-"""``fltrain run ...``: the command line of :func:`fltrain.run.run`.
+"""``fltrain run ...``: the command line of :func:`fltrain.run.run`; ``fltrain audit ...`` of
+:func:`fltrain.audit.run_audit` (the same options, plus the audit's).
 
 Every general :class:`fltrain.config.RunConfig` field is an option (``batch_size`` → ``--batch-size``) with its
 default shown in ``--help``. The privacy flags (``--eps``, ``--delta``, ``--sigma``, ``--clip``, ``--accountant``)
@@ -199,12 +200,40 @@ def run_command(config_file: str | None, resume: bool, **options: Any) -> None:
     """Train a model with FedAvg under record-level or client-level DP; report ε spent round by round."""
     from .run import run  # torch is imported only when a run starts
 
+    summary = run(_config(config_file, options), resume=resume, progress=_RoundBar())
+    click.echo(json.dumps(dataclasses.asdict(summary), indent=2))
+
+
+def _config(config_file: str | None, options: dict[str, Any]) -> RunConfig:
+    """The run config of a command: ``--config`` file, overridden by the options given on the command line."""
     ctx = click.get_current_context()
     given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
-    values = _merge(dict(load_toml(config_file)) if config_file else {}, options, given)
-    cfg = RunConfig.from_dict(values)
-    summary = run(cfg, resume=resume, progress=_RoundBar())
-    click.echo(json.dumps(dataclasses.asdict(summary), indent=2))
+    return RunConfig.from_dict(_merge(dict(load_toml(config_file)) if config_file else {}, options, given))
+
+
+@cli.command("audit")
+@click.option("--threat", type=click.Choice(["white-box", "black-box"]), default="white-box", show_default=True,
+              help="white-box: Dirac gradient canaries (needs --model mlp or logreg); black-box: mislabelled records "
+                   "scored by the final model's loss")
+@click.option("--canaries", type=int, default=1000, show_default=True,
+              help="m: canaries, each included in the training set with probability 1/2")
+@click.option("--guesses", type=int, default=None, show_default="canaries/2",
+              help="r: guesses, half 'in' on the highest scores, half 'out' on the lowest")
+@click.option("--confidence", type=float, default=0.95, show_default=True, help="confidence of epsilon_lower")
+@click.option("--audit-delta", type=float, default=None, show_default="the ledger's",
+              help="delta of the bound for --dp none (a --dp sample run is audited at its ledger's delta)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, show_default="none",
+              help="TOML file whose keys are the run's options (command-line options win)")
+@_with_config_options
+def audit_command(threat: str, canaries: int, guesses: int | None, confidence: float, audit_delta: float | None,
+                  config_file: str | None, **options: Any) -> None:
+    """Audit one run (Steinke, Nasr, Jagielski 2023): plant canaries, train once, and bound epsilon from below.
+    Writes audit.json (public) and audit/canaries.json (the auditor's) beside the run's files in --out."""
+    from .audit import run_audit  # torch is imported only when a run starts
+
+    result = run_audit(_config(config_file, options), threat=threat, canaries=canaries, guesses=guesses,
+                       confidence=confidence, delta=audit_delta, progress=_RoundBar())
+    click.echo(result.line())
 
 
 cli.add_command(flower_command)  # fltrain on Flower (extra 'flower'); the command itself imports neither flwr nor torch

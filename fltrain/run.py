@@ -61,15 +61,16 @@ from .client import LocalTrainer, LocalTraining
 from dpcalib.errors import DpcalibError
 
 from .config import ConfigError, RunConfig
-from .data import load_dataset, partition, split_validation
-from .dpsgd import make_engine
+from .data import Dataset, load_dataset, partition, split_validation
+from .dpsgd import Engine, make_engine
 from .fedavg import FedAvgServer, Summer, plain_sum
 from .models import ParamLayout, build_model
 from .privacy import PrivacyLedger, PrivacyMode, build_mode
 from .serveropt import make_server_optimizer
 
 __all__ = [
-    "Progress", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "PRIVATE", "LEDGER", "SUMMARY", "LOCK",
+    "Progress", "RunHooks", "RunSummary", "run", "evaluate", "CHECKPOINT", "METRICS", "PRIVATE", "LEDGER", "SUMMARY",
+    "LOCK",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -93,6 +94,26 @@ class Progress:
 
     def round_finished(self, metrics: dict[str, Any]) -> None:
         """The round's metrics line was written."""
+
+
+class RunHooks:
+    """Instruments an ordinary run without changing its code path (the auditor's canaries, :mod:`fltrain.audit`);
+    the default changes nothing. A run with hooks cannot be resumed (``--resume`` would re-plant them)."""
+
+    def data(self, data: Dataset) -> Dataset:
+        """The dataset the run trains on, given the loaded one (after the validation split, before partitioning;
+        the default record-level rate q is set by the loaded training set, whatever records this adds)."""
+        return data
+
+    def engine(self, engine: Engine, layout: ParamLayout) -> Engine:
+        """The per-sample gradient engine the clients use, given the run's."""
+        return engine
+
+    def started(self, model: torch.nn.Module, layout: ParamLayout, params: torch.Tensor) -> None:
+        """The model, its layout and the initial global parameters (flat), before round 1."""
+
+    def finished(self, params: torch.Tensor) -> None:
+        """The final global parameters (flat), after the last round."""
 
 
 @dataclass
@@ -309,9 +330,14 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
-def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = None) -> RunSummary:
-    """Carry out (or, with ``resume``, continue) the run described by ``cfg``; see the module docstring."""
+def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = None,
+        hooks: RunHooks | None = None) -> RunSummary:
+    """Carry out (or, with ``resume``, continue) the run described by ``cfg``, instrumented by ``hooks`` if given;
+    see the module docstring."""
     progress = progress or Progress()
+    if hooks is not None and resume:
+        raise ConfigError("an instrumented run (an audit) cannot be resumed; start it again with a new --out")
+    hooks = hooks or RunHooks()
     out = Path(cfg.out)
     _check_out_dir(cfg, out, resume)  # refused before the data is loaded (reads only; checked again when locked)
     optimizer = make_server_optimizer(cfg.server_opt, lr=cfg.server_lr, momentum=cfg.server_momentum)
@@ -321,13 +347,15 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     validation = None
     if cfg.val_fraction:
         data, validation = split_validation(data, cfg.val_fraction, cfg.seed)
+    records = len(data.y_train)  # the public training-set size sets the default rate, before any canary is planted
+    data = hooks.data(data)
     members = partition(data.y_train, scheme=cfg.partition, clients=cfg.clients, seed=cfg.seed,
                         shards_per_client=cfg.shards_per_client, alpha=cfg.alpha)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.resolved_model, data.input_shape, data.num_classes)
     layout = ParamLayout.of(model)
-    mode = build_mode(cfg, dim=layout.size, train_records=len(data.y_train), client_sizes=[len(m) for m in members])
+    mode = build_mode(cfg, dim=layout.size, train_records=records, client_sizes=[len(m) for m in members])
     summer: Summer = plain_sum
     if cfg.secure_agg:
         from .secagg.aggregate import SecureSum  # needs the cryptography package
@@ -336,9 +364,11 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         _check_secure_range(summer, mode, cfg)
     local = LocalTraining(local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                           parallel_clients=cfg.parallel_clients, max_physical_batch=cfg.max_physical_batch)
-    trainer = LocalTrainer(layout, make_engine(model, cfg.engine), data.x_train, data.y_train, members, local)
+    engine = hooks.engine(make_engine(model, cfg.engine), layout)
+    trainer = LocalTrainer(layout, engine, data.x_train, data.y_train, members, local)
     initial = layout.flatten(dict(model.named_parameters())).detach()
     server = FedAvgServer(initial, trainer, mode, summer=summer, optimizer=optimizer)
+    hooks.started(model, layout, initial.clone())
     plan = mode.plan
     delta = plan.delta if plan is not None else None
     sigma = plan.sigma if plan is not None else None
@@ -403,6 +433,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
             cpu_seconds=round(cpu_elapsed, 3), stopped_by_budget=stopped, out=str(out),
         )
         (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        hooks.finished(server.params.clone())
         return summary
     finally:
         os.close(fd)  # releases the lock

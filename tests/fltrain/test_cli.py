@@ -103,3 +103,18 @@ def test_old_flat_config_files_keep_working(data_root, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     saved = json.loads((out / "metrics.jsonl").read_text())
     assert saved["clip"] == 0.3 and saved["delta"] == 1e-3 and summary["privacy"]["plan"]["eps"] == 8.0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--dp", "client", "--delta", "1e-5"], "canary clients for --dp client are not implemented"),
+    (["--model", "tanh-cnn"], "first layer is linear on the input features"),
+    (["--model", "logreg", "--canaries", "100000"], "this model and dataset hold at most"),
+    (["--canaries", "1"], "canaries must be an integer >= 2"),
+])
+def test_audit_refusals_exit_2_with_one_line_and_write_nothing(data_root, tmp_path, capsys, args, fragment):
+    out = tmp_path / "never"
+    code = main(["audit", "--out", str(out), "--data-dir", str(data_root), "--train-samples", "300",
+                 "--test-samples", "100", "--batch-size", "30", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
