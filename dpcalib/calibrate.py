@@ -110,23 +110,28 @@ def calibrate_sigma_for(
     ``make_event`` must give events whose ε decreases with σ (e.g. heterogeneous training phases sharing σ).
     """
     eps, delta, rtol = _check_target(eps, delta, rtol)
-    excess = _Excess(lambda x: make_event(math.exp(x)), eps, delta, accountant, options, order_slope=2.0)
-    if excess(0.0) > 0.0:
-        bracket = _walk(excess, start=0.0, limit=math.log(SIGMA_MAX), first_step=_SIGMA_FIRST_STEP, growth=2.0)
-        if bracket is None:
-            raise UnreachableTargetError(
-                f"eps={eps:g} at delta={delta:g} cannot be met with any noise multiplier up to sigma={SIGMA_MAX:g}"
-            )
-        lo, hi = bracket
-    else:
-        bracket = _walk(excess, start=0.0, limit=math.log(SIGMA_MIN), first_step=_SIGMA_FIRST_STEP, growth=2.0)
-        if bracket is None:
-            raise UnreachableTargetError(
-                f"eps={eps:g} at delta={delta:g} is met even with sigma={SIGMA_MIN:g}: the target does not "
-                "constrain the noise (is eps meant to be this large?)"
-            )
-        hi, lo = bracket
-    return math.exp(_conservative_root(excess, ok=hi, bad=lo, rtol=rtol))
+
+    def solve(local: bool) -> float:
+        excess = _Excess(lambda x: make_event(math.exp(x)), eps, delta, accountant, options, order_slope=2.0,
+                         local=local)
+        if excess(0.0) > 0.0:
+            bracket = _walk(excess, start=0.0, limit=math.log(SIGMA_MAX), first_step=_SIGMA_FIRST_STEP, growth=2.0)
+            if bracket is None:
+                raise UnreachableTargetError(
+                    f"eps={eps:g} at delta={delta:g} cannot be met with any noise multiplier up to sigma={SIGMA_MAX:g}"
+                )
+            lo, hi = bracket
+        else:
+            bracket = _walk(excess, start=0.0, limit=math.log(SIGMA_MIN), first_step=_SIGMA_FIRST_STEP, growth=2.0)
+            if bracket is None:
+                raise UnreachableTargetError(
+                    f"eps={eps:g} at delta={delta:g} is met even with sigma={SIGMA_MIN:g}: the target does not "
+                    "constrain the noise (is eps meant to be this large?)"
+                )
+            hi, lo = bracket
+        return math.exp(_conservative_root(excess, ok=hi, bad=lo, rtol=rtol))
+
+    return _solve(solve)
 
 
 def calibrate_q(
@@ -137,18 +142,22 @@ def calibrate_q(
     eps, delta, rtol = _check_target(eps, delta, rtol)
     sigma = check.noise_multiplier("sigma", sigma)
     steps = check.steps("steps", steps)
-    excess = _Excess(
-        lambda x: dpsgd_event(sigma=sigma, q=min(math.exp(x), 1.0), steps=steps), eps, delta, accountant, options
-    )
-    if excess(0.0) <= 0.0:
-        return 1.0
-    bracket = _walk(excess, start=0.0, limit=math.log(Q_MIN), first_step=math.log(2.0), growth=1.0)  # halve q
-    if bracket is None:
-        raise UnreachableTargetError(
-            f"eps={eps:g} at delta={delta:g} cannot be met for {steps} steps at sigma={sigma:g} even with q={Q_MIN:g}"
-        )
-    bad, ok = bracket
-    return min(math.exp(_conservative_root(excess, ok=ok, bad=bad, rtol=rtol)), 1.0)
+
+    def solve(local: bool) -> float:
+        excess = _Excess(lambda x: dpsgd_event(sigma=sigma, q=min(math.exp(x), 1.0), steps=steps), eps, delta,
+                         accountant, options, local=local)
+        if excess(0.0) <= 0.0:
+            return 1.0
+        bracket = _walk(excess, start=0.0, limit=math.log(Q_MIN), first_step=math.log(2.0), growth=1.0)  # halve q
+        if bracket is None:
+            raise UnreachableTargetError(
+                f"eps={eps:g} at delta={delta:g} cannot be met for {steps} steps at sigma={sigma:g} even with "
+                f"q={Q_MIN:g}"
+            )
+        bad, ok = bracket
+        return min(math.exp(_conservative_root(excess, ok=ok, bad=bad, rtol=rtol)), 1.0)
+
+    return _solve(solve)
 
 
 def calibrate_steps(
@@ -244,9 +253,10 @@ class _Excess:
         accountant: str,
         options: dict[str, Any],
         order_slope: float = 0.0,
+        local: bool = True,
     ) -> None:
         self.make_event, self.eps, self.delta, self.accountant, self.options = make_event, eps, delta, accountant, options
-        self.order_slope = order_slope
+        self.order_slope, self.local = order_slope, local
         self.seen: dict[float, float] = {}
         self.orders: dict[float, float] = {}
 
@@ -255,7 +265,7 @@ class _Excess:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OrderRangeWarning)
                 acc = make_accountant(self.accountant, **self.options).compose(self.make_event(x))
-                value, order = acc.epsilon_and_order(self.delta, start=self.predicted_order(x), local=True)
+                value, order = acc.epsilon_and_order(self.delta, start=self.predicted_order(x), local=self.local)
             if order is not None:
                 self.orders[x] = order
             self.seen[x] = value - self.eps
@@ -279,6 +289,23 @@ class _Excess:
     def verified(self, x: float) -> bool:
         """Whether the target is met at x by the same evaluation as :func:`event_epsilon` (no warm start)."""
         return _quiet_epsilon(self.make_event(x), self.delta, self.accountant, self.options) <= self.eps
+
+
+class _LocalSearchMissed(Exception):
+    """The warm-started local order searches misled a calibration (see :func:`_conservative_root`)."""
+
+
+def _solve(solve: Callable[[bool], float]) -> float:
+    """``solve(local=True)``: a calibration with warm-started local order searches, which assume ε unimodal in the
+    order near the predicted optimum. Where that fails (a curve with plateaus, such as the Skellam bound's at ⌈α⌉,
+    can hold a local search on the wrong plateau), an intermediate ε is overstated, the root is found too far on the
+    safe side, and the full search meets the target just beyond it, on the side the solver took as failing
+    (:func:`_conservative_root` checks that point): the calibration is then done again with full searches at every
+    point, as without warm starts at all."""
+    try:
+        return solve(True)
+    except _LocalSearchMissed:
+        return solve(False)
 
 
 
@@ -310,10 +337,13 @@ def _conservative_root(excess: _Excess, *, ok: float, bad: float, rtol: float) -
 
     step = math.copysign(rtol / 2.0, ok - bad)
     if abs(ok - bad) <= rtol:
-        x = ok
+        x, below = ok, bad
     else:  # on log ε, nearly linear in log σ or log q: fewer steps than on ε; same sign as the excess
         log_ratio = lambda y: math.log(max(excess(y) + excess.eps, 1e-300) / excess.eps)  # noqa: E731
-        x = brentq(log_ratio, min(ok, bad), max(ok, bad), xtol=rtol / 4.0) + step
+        root = brentq(log_ratio, min(ok, bad), max(ok, bad), xtol=rtol / 4.0)
+        x, below = root + step, root - step
+    if excess.local and excess.verified(below):  # a warm-started search overstated ε (see _solve)
+        raise _LocalSearchMissed
     while not excess.verified(x):  # the answer is checked without the warm start, as event_epsilon would
         x += step
     return x

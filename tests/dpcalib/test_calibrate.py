@@ -144,3 +144,19 @@ def test_calibration_for_fixed_size_samplers_meets_the_target(sampler):
     assert fits(steps) <= 8.0 < fits(steps + 1)
     if sampler == "shuffle":  # ε is constant within an epoch: the longest run ends one (234 full batches each)
         assert steps % 234 == 0
+
+
+def test_calibration_is_tight_where_the_curve_has_plateaus_in_the_order():
+    # The Skellam bound is taken at ceil(alpha): flat between integers. A warm-started local order search held on
+    # the plateau (1, 2] once overstated eps at intermediate sigmas, so calibration returned sigma = 4.71 with
+    # eps = 6.64 for a target of 8; the calibration now redoes its search in full when that happens.
+    from dpcalib.discrete import skellam_event
+
+    l2, l1 = 12841.53, 2324566.0
+
+    def make(s: float) -> dpcalib.Repeated:
+        return dpcalib.Repeated(skellam_event(mu=(s * l2) ** 2, l1_sensitivity=l1, l2_sensitivity=l2, q=0.1), 1000)
+
+    sigma = dpcalib.calibrate_sigma_for(make, eps=8.0, delta=1e-5)
+    assert dpcalib.event_epsilon(make(sigma), delta=1e-5) <= 8.0
+    assert dpcalib.event_epsilon(make(sigma * (1 - 2e-6)), delta=1e-5) > 8.0  # the smallest, to rtol
