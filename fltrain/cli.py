@@ -21,7 +21,7 @@ import click
 from dpcalib.errors import DpcalibError
 
 from .config import (
-    ACCOUNTANTS, CLIENT_SAMPLING, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, SERVER_OPTIMIZERS, ConfigError,
+    ACCOUNTANTS, CLIENT_SAMPLING, DATASETS, DEVICES, DP_MODES, ENGINES, MODELS, PARTITIONS, SERVER_OPTIMIZERS, ConfigError,
     RunConfig, load_toml, nest,
 )
 from .data import DataUnavailableError
@@ -45,7 +45,8 @@ _HELP = {
     "server_lr": "server learning rate applied to the aggregated delta",
     "server_momentum": "server momentum (FedAvgM); 0 = plain FedAvg",
     "server_opt": "server optimiser: sgd (FedAvg/FedAvgM with --server-momentum) or adam (FedAdam, Reddi et al. 2021)",
-    "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn; auto picks by dataset",
+    "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn, scatter-linear / scatter-cnn (on "
+             "scattering features, Tramer & Boneh 2021); auto picks by dataset",
     "local_steps": "local (DP-)SGD steps per client per round",
     "batch_size": "expected local batch size B (--dp sample: the public divisor of every noisy sum)",
     "lr": "local learning rate (of round 1)",
@@ -61,9 +62,10 @@ _HELP = {
     "engine": "per-sample gradient engine: layerwise (fast, closed form), vmap (torch.func), auto",
     "parallel_clients": "clients trained together as one vectorised program (0: as many as fill --max-physical-batch)",
     "max_physical_batch": "largest number of records processed at once (bounds memory)",
+    "device": "where training and evaluation compute: cuda, cpu, or auto (cuda when available)",
 }
 _CHOICES = {
-    "dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "dp": DP_MODES, "engine": ENGINES,
+    "dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "dp": DP_MODES, "engine": ENGINES, "device": DEVICES,
     "server_opt": SERVER_OPTIMIZERS,
 }
 _MODE_SECTIONS = ("sample", "client")
