@@ -79,13 +79,18 @@ def _subsample(spectrum: torch.Tensor, k: int) -> torch.Tensor:
     """Subsampling by ``k`` in space, done in Fourier: the mean of the spectrum's ``k × k`` blocks."""
     if k == 1:
         return spectrum
-    *lead, M, N = spectrum.shape
-    return spectrum.reshape(*lead, k, M // k, k, N // k).mean(dim=(-4, -2))
+    M, N = spectrum.shape[-2] // k, spectrum.shape[-1] // k
+    total = spectrum[..., :M, :N].clone()
+    for i in range(k):  # k·k slice additions: much faster than a mean over the strided block axes
+        for j in range(k):
+            if i or j:
+                total += spectrum[..., i * M : (i + 1) * M, j * N : (j + 1) * N]
+    return total / (k * k)
 
 
 def _modulus_spectrum(spectrum: torch.Tensor) -> torch.Tensor:
     """``fft2(|ifft2(spectrum)|)``: the spectrum of a wavelet coefficient's modulus."""
-    return torch.fft.fft2(torch.fft.ifft2(spectrum).abs().to(spectrum.dtype))
+    return torch.fft.fft2(torch.fft.ifft2(spectrum).abs())
 
 
 @dataclass(frozen=True)
