@@ -13,12 +13,12 @@ PY="${PYTHON:-python}"
 "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device here')"
 "$PY" -c "import torch; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
 start=$SECONDS
-timeout 150 "$PY" -m pytest -q -rs tests/fltrain/test_device.py tests/fltrain/test_scattering.py
+timeout 120 "$PY" -m pytest -q -rs tests/fltrain/test_device.py tests/fltrain/test_scattering.py
 echo "== tests: $((SECONDS - start)) s"
-timeout 90 "$PY" benchmarks/bench_dpsgd.py --device cuda --batch 256 1024 --steps 20 --rounds 3 --skip-loop
+timeout 75 "$PY" benchmarks/bench_dpsgd.py --device cuda --batch 256 1024 --steps 20 --rounds 3 --skip-loop
 echo "== benchmark done at $((SECONDS - start)) s"
 out="$(mktemp -d)/run"
-timeout 45 "$PY" -m fltrain run --device cuda --dataset mnist --data-dir ../shared/data --model scatter-linear \
+timeout 75 "$PY" -m fltrain run --device cuda --dataset mnist --data-dir ../shared/data --model scatter-linear \
     --clients 1 --rounds 1 --local-steps 270 --batch-size 2048 --lr 4 --eps 3 --max-physical-batch 8192 \
     --val-fraction 0.1 --out "$out" | grep -E '"(test_accuracy|epsilon|sigma|seconds)"'
 echo "== gpu_check done in $((SECONDS - start)) s"

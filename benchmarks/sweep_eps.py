@@ -41,6 +41,7 @@ import torch
 
 from fltrain.config import ACCOUNTANTS, DATASETS, DEVICES, MODELS, RunConfig, load_toml, nest
 from fltrain.data import load_inputs
+from fltrain.device import resolve_device
 from fltrain.models import SCATTERING_MODELS
 from fltrain.run import PRIVATE, run
 
@@ -107,7 +108,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, load average {os.getloadavg()}", flush=True)
     began = time.perf_counter()
     # loaded (and featurised) once here; the runs find it in load_inputs' in-memory cache
-    records = len(load_inputs(args.dataset, args.data_dir, scattering=args.model in SCATTERING_MODELS).y_train)
+    records = len(load_inputs(args.dataset, args.data_dir, scattering=args.model in SCATTERING_MODELS,
+                              device=resolve_device(args.device)).y_train)
     train = records - round(args.val_fraction * records)  # left after the split, as split_validation counts them
     print(f"{args.dataset} inputs ready in {time.perf_counter() - began:.0f} s", flush=True)
     steps_grid = [0] if args.config else args.steps

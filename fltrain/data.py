@@ -114,23 +114,24 @@ def load_dataset(name: str, root: str | Path, *, train_samples: int = 0, test_sa
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_inputs(name: str, root: str, train_samples: int, test_samples: int, scattering: bool) -> Dataset:
+def _cached_inputs(name: str, root: str, train_samples: int, test_samples: int, scattering: bool,
+                   device: str) -> Dataset:
     data = load_dataset(name, root, train_samples=train_samples, test_samples=test_samples)
     if not scattering:
         return data
     from .scattering import scattering_features
 
-    return Dataset(name, scattering_features(data.x_train), data.y_train, scattering_features(data.x_test),
-                   data.y_test, data.num_classes)
+    return Dataset(name, scattering_features(data.x_train.to(device)), data.y_train,
+                   scattering_features(data.x_test.to(device)), data.y_test, data.num_classes)
 
 
 def load_inputs(name: str, root: str | Path, *, train_samples: int = 0, test_samples: int = 0,
-                scattering: bool = False) -> Dataset:
+                scattering: bool = False, device: torch.device | str = "cpu") -> Dataset:
     """:func:`load_dataset`, with the images replaced by their scattering features
-    (:func:`fltrain.scattering.scattering_features`, a fixed per-record map) when ``scattering``; the last two
-    results are kept in memory (several runs in one process compute the features once), so their tensors are
-    shared: never modify them in place."""
-    return _cached_inputs(name, str(Path(root).resolve()), train_samples, test_samples, scattering)
+    (:func:`fltrain.scattering.scattering_features`, a fixed per-record map, computed on ``device`` and left
+    there; the labels stay on the CPU) when ``scattering``. The last two results are kept in memory (several runs
+    in one process compute the features once), so their tensors are shared: never modify them in place."""
+    return _cached_inputs(name, str(Path(root).resolve()), train_samples, test_samples, scattering, str(device))
 
 
 def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor]]:

@@ -316,7 +316,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     torch.set_num_threads(cfg.threads)
 
     data = load_inputs(cfg.dataset, cfg.data_dir, train_samples=cfg.train_samples, test_samples=cfg.test_samples,
-                       scattering=cfg.resolved_model in SCATTERING_MODELS)
+                       scattering=cfg.resolved_model in SCATTERING_MODELS, device=device)
     validation = None
     if cfg.val_fraction:
         data, validation = split_validation(data, cfg.val_fraction, cfg.seed)

@@ -82,3 +82,18 @@ def test_features_are_group_normalised_per_record():
     torch.testing.assert_close(features, F.group_norm(Scattering2D((28, 28))(x), 27, eps=1e-5))
     with pytest.raises(ValueError, match="groups=10"):
         scattering_features(x, groups=10)
+
+
+def test_runs_train_on_features_computed_once(data_root, tmp_path):
+    from fltrain.config import RunConfig
+    from fltrain.data import load_inputs
+    from fltrain.run import run
+
+    values = dict(dataset="mnist", data_dir=str(data_root), train_samples=800, test_samples=300, clients=1,
+                  rounds=2, local_steps=15, batch_size=100, lr=2.0, dp="none", model="scatter-linear")
+    summary = run(RunConfig(**values, out=str(tmp_path / "linear")))
+    assert summary.test_accuracy > 0.6  # chance is 0.1
+    features = load_inputs("mnist", data_root, train_samples=800, test_samples=300, scattering=True)
+    assert features.x_train.shape == (800, 81, 7, 7)
+    assert load_inputs("mnist", data_root, train_samples=800, test_samples=300, scattering=True) is features
+    assert run(RunConfig(**{**values, "model": "scatter-cnn"}, out=str(tmp_path / "cnn"))).rounds_completed == 2
