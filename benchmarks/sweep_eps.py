@@ -81,6 +81,25 @@ def _trial(cfg: RunConfig, train: int) -> dict[str, Any]:
     return trial
 
 
+def plot(rows: list[dict[str, Any]], dataset: str, model: str, delta: float, path: str) -> None:
+    """Test accuracy against ε (rows with ``eps`` and ``test``), saved to ``path`` (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted((r["eps"], 100 * r["test"]) for r in rows)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([e for e, _ in points], [a for _, a in points], "o-", label=f"{model} (test)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"ε (δ = {delta:g})")
+    ax.set_ylabel(f"{dataset} test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="a run's TOML file: its federated plan instead of central DP")
@@ -142,20 +161,7 @@ def main() -> None:
     if args.table:
         Path(args.table).write_text(table + "\n")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["eps"] for r in rows], [100 * r["test"] for r in rows], "o-", label=f"{args.model} (test)")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"ε (δ = {args.delta:g})")
-        ax.set_ylabel(f"{args.dataset} test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        plot(rows, args.dataset, args.model, args.delta, args.plot)
         print(f"plot written to {args.plot}")
     print(f"load average at the end {os.getloadavg()}")
 
