@@ -22,9 +22,8 @@ import click
 from dpcalib.errors import DpcalibError
 
 from .config import (
-    ACCOUNTANTS, CLIENT_NOISE, CLIENT_SAMPLING, DATASETS, DP_MODES, ENGINES, MODELS, PARTITIONS, SAMPLERS,
-    SERVER_OPTIMIZERS,
-    ConfigError, RunConfig, load_toml, nest,
+    ACCOUNTANTS, CLIENT_NOISE, CLIENT_SAMPLING, DATASETS, DEVICES, DP_MODES, ENGINES, MODELS, PARTITIONS, SAMPLERS,
+    SERVER_OPTIMIZERS, ConfigError, RunConfig, load_toml, nest,
 )
 from .data import DataUnavailableError
 from .flower.command import flower_command
@@ -47,7 +46,8 @@ _HELP = {
     "server_lr": "server learning rate applied to the aggregated delta",
     "server_momentum": "server momentum (FedAvgM); 0 = plain FedAvg",
     "server_opt": "server optimiser: sgd (FedAvg/FedAvgM with --server-momentum) or adam (FedAdam, Reddi et al. 2021)",
-    "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn; auto picks by dataset",
+    "model": "model: tanh-cnn (Papernot et al. 2020), mlp, logreg, cifar-cnn, scatter-linear / scatter-cnn (on "
+             "scattering features, Tramer & Boneh 2021); auto picks by dataset",
     "local_steps": "local (DP-)SGD steps per client per round",
     "batch_size": "local batch size B: expected (Poisson batches) or exact (--sampler fixed/shuffle); --dp sample: "
                   "the public divisor of every noisy sum",
@@ -64,9 +64,10 @@ _HELP = {
     "engine": "per-sample gradient engine: layerwise (fast, closed form), vmap (torch.func), auto",
     "parallel_clients": "clients trained together as one vectorised program (0: as many as fill --max-physical-batch)",
     "max_physical_batch": "largest number of records processed at once (bounds memory)",
+    "device": "where training and evaluation compute: cuda, cpu, or auto (cuda when available)",
 }
 _CHOICES = {
-    "dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "dp": DP_MODES, "engine": ENGINES,
+    "dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "dp": DP_MODES, "engine": ENGINES, "device": DEVICES,
     "server_opt": SERVER_OPTIMIZERS,
 }
 _MODE_SECTIONS = ("sample", "client")

@@ -105,17 +105,21 @@ class LocalTrainer:
         lr: float | None = None,
     ) -> ClientUpdates:
         """Train ``client_ids`` from the flat ``global_params`` (P,) with local learning rate ``lr`` (default: the
-        plan's); ``on_step(step)`` after each local step of the first group. Batches and noise come from ``rng``."""
+        plan's); ``on_step(step)`` after each local step of the first group. Batches and noise come from ``rng``.
+        Training runs on the device of the records ``x``; the deltas and losses come back on ``global_params``'s."""
+        device = self.x.device
+        start = global_params.to(device)
         # a Poisson-sampled round may have no client (client-level DP): then no delta and no loss
-        deltas, losses = [global_params.new_zeros(0, global_params.numel())], [torch.zeros(0)]
+        deltas, losses = [start.new_zeros(0, start.numel())], [start.new_zeros(0)]
         group = self.plan.group_size
         lr = self.plan.lr if lr is None else lr
-        for start in range(0, len(client_ids), group):
-            ids = client_ids[start : start + group]
-            delta, loss = self._train_group(global_params, ids, rng, lr, on_step if start == 0 else None)
+        for first in range(0, len(client_ids), group):
+            ids = client_ids[first : first + group]
+            delta, loss = self._train_group(start, ids, rng, lr, on_step if first == 0 else None)
             deltas.append(delta)
             losses.append(loss)
-        return ClientUpdates(client_ids, torch.cat(deltas), self.sizes[client_ids], torch.cat(losses))
+        host = global_params.device
+        return ClientUpdates(client_ids, torch.cat(deltas).to(host), self.sizes[client_ids], torch.cat(losses).to(host))
 
     def _train_group(
         self,
@@ -133,11 +137,12 @@ class LocalTrainer:
         velocity_parts = self.layout.unflatten(velocity)
         rates = self.rates[ids]
         sampler = make_sampler(plan.sampler, [self.members[int(i)] for i in ids], rates=rates, batch=plan.batch_size)
-        denominator = torch.full((K,), float(plan.batch_size))
-        loss_sum = torch.zeros(K)
-        count_sum = torch.zeros(K)
+        device = flat.device
+        denominator = torch.full((K,), float(plan.batch_size), device=device)
+        loss_sum = torch.zeros(K, device=device)
+        count_sum = torch.zeros(K, device=device)
         for step in range(plan.local_steps):
-            index, weight = sampler.sample(rng)
+            index, weight = (t.to(device) for t in sampler.sample(rng))  # drawn on the CPU by the secret source
             counts = weight.sum(1)
             grads, loss = noisy_gradient(
                 self.engine,

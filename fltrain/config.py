@@ -45,6 +45,7 @@ __all__ = [
     "DP_MODES",
     "ACCOUNTANTS",
     "ENGINES",
+    "DEVICES",
     "SERVER_OPTIMIZERS",
     "CLIENT_SAMPLING",
     "SAMPLERS",
@@ -59,10 +60,11 @@ __all__ = [
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 PARTITIONS = ("iid", "shards", "dirichlet")
-MODELS = ("auto", "tanh-cnn", "mlp", "logreg", "cifar-cnn")
+MODELS = ("auto", "tanh-cnn", "mlp", "logreg", "cifar-cnn", "scatter-linear", "scatter-cnn")
 DP_MODES = ("sample", "client", "none")
 ACCOUNTANTS = tuple(dpcalib.ACCOUNTANTS)
 ENGINES = ("auto", "layerwise", "vmap")
+DEVICES = ("auto", "cpu", "cuda")
 SERVER_OPTIMIZERS = ("sgd", "adam")
 CLIENT_SAMPLING = ("auto", "poisson", "fixed")
 #: record-level DP-SGD's batch samplers (:class:`dpcalib.Sampler`, :mod:`fltrain.sampling`)
@@ -73,8 +75,9 @@ CLIENT_NOISE = ("gaussian", "skellam")
 #: must be given (a δ near 1/clients allows a mechanism that publishes one client's data outright)
 CLIENT_DELTA_LIMIT = 1e-3
 
-#: fields that do not change what a run computes; a ``--resume`` may change them
-RUNTIME_FIELDS = frozenset({"data_dir", "out", "threads"})
+#: fields that do not change what a run computes (the device changes float rounding only: noise and batches are
+#: drawn on the CPU whatever the device); a ``--resume`` may change them
+RUNTIME_FIELDS = frozenset({"data_dir", "out", "threads", "device"})
 
 
 class ConfigError(ValueError):
@@ -326,6 +329,7 @@ class RunConfig:
     engine: str = "auto"
     parallel_clients: int = 0
     max_physical_batch: int = 384
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():
@@ -339,6 +343,7 @@ class RunConfig:
         _choice("model", self.model, MODELS)
         _choice("dp", self.dp, DP_MODES)
         _choice("engine", self.engine, ENGINES)
+        _choice("device", self.device, DEVICES)
         check.count("train_samples", self.train_samples, minimum=0)
         check.count("test_samples", self.test_samples, minimum=0)
         _in_unit("val_fraction", self.val_fraction, closed_low=True, closed_high=False)

@@ -19,6 +19,7 @@ once, and the same seed gives the same partition:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 
 from .config import ConfigError
 
-__all__ = ["DataUnavailableError", "Dataset", "load_dataset", "partition", "partition_iid", "partition_shards",
+__all__ = ["DataUnavailableError", "Dataset", "load_dataset", "load_inputs", "partition", "partition_iid", "partition_shards",
            "partition_dirichlet"]
 
 
@@ -110,6 +111,27 @@ def load_dataset(name: str, root: str | Path, *, train_samples: int = 0, test_sa
     if test_samples:
         x_test, y_test = x_test[:test_samples], y_test[:test_samples]
     return Dataset(name, x_train, y_train, x_test, y_test, num_classes=10)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_inputs(name: str, root: str, train_samples: int, test_samples: int, scattering: bool,
+                   device: str) -> Dataset:
+    data = load_dataset(name, root, train_samples=train_samples, test_samples=test_samples)
+    if not scattering:
+        return data
+    from .scattering import scattering_features
+
+    return Dataset(name, scattering_features(data.x_train.to(device)), data.y_train,
+                   scattering_features(data.x_test.to(device)), data.y_test, data.num_classes)
+
+
+def load_inputs(name: str, root: str | Path, *, train_samples: int = 0, test_samples: int = 0,
+                scattering: bool = False, device: torch.device | str = "cpu") -> Dataset:
+    """:func:`load_dataset`, with the images replaced by their scattering features
+    (:func:`fltrain.scattering.scattering_features`, a fixed per-record map, computed on ``device`` and left
+    there; the labels stay on the CPU) when ``scattering``. The last two results are kept in memory (several runs
+    in one process compute the features once), so their tensors are shared: never modify them in place."""
+    return _cached_inputs(name, str(Path(root).resolve()), train_samples, test_samples, scattering, str(device))
 
 
 def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor]]:

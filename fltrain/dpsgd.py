@@ -23,6 +23,9 @@ Per-sample gradients come from one of two engines, equal up to float rounding (t
   ``GroupNorm`` the sums of ``δ_i x̂_i`` and ``δ_i`` — and the clipped sum as one matrix product per layer.  It
   supports ``nn.Sequential`` models made of Conv2d, Linear, GroupNorm, Tanh, ReLU, MaxPool2d and Flatten.
 
+Both engines run on the device of their inputs (CPU or CUDA, :mod:`fltrain.device`); only the noise is drawn on
+the CPU, by the caller's source, and copied there.
+
 Physical micro-batches: the padded batch is processed in slices of at most ``max_physical_batch`` records (over
 all clients together), and the clipped sums accumulated, so memory is bounded whatever ``q·n`` is.
 """
@@ -210,7 +213,7 @@ def _layerwise_engine(model: nn.Sequential) -> Engine:
         deltas = torch.autograd.grad(total, [z for *_, z in saved])
 
         per_layer = []  # (prefix, layer, weight part, bias part (N, O) or None)
-        sq = torch.zeros(N, dtype=x.dtype)
+        sq = torch.zeros(N, dtype=x.dtype, device=x.device)
         for (prefix, layer, a, _), delta in zip(saved, deltas):
             if isinstance(layer, nn.Conv2d):
                 d = delta.reshape(N, -1, delta.shape[-1])  # (N, L, O)
@@ -281,7 +284,9 @@ def noisy_gradient(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The DP-SGD gradient of every client: clipped sum over micro-batches, plus N(0, (σC)²) noise on the sum,
     divided by ``denominator`` (per client; DP-SGD divides by a public constant, the expected batch size, so that
-    the division reveals nothing about the realised batch). The noise and nothing else comes from ``rng``.
+    the division reveals nothing about the realised batch). The noise and nothing else comes from ``rng``; it is
+    drawn on the CPU and copied to the device of ``params`` (``x_all``, ``index``, ``weight``, ``denominator`` and
+    ``params`` share one device).
 
     With ``clip=None`` (non-private training) nothing is clipped and ``noise_multiplier`` must be 0.
     Returns ``({name: (K, ...)} gradients, (K,) summed loss over the batch)``.
@@ -289,7 +294,7 @@ def noisy_gradient(
     K, width = index.shape
     chunk = max(1, max_physical_batch // K)
     total: dict[str, torch.Tensor] = {n: torch.zeros_like(p) for n, p in params.items()}
-    loss = torch.zeros(K)
+    loss = torch.zeros(K, device=x_all.device)
     for start in range(0, width, chunk):
         idx = index[:, start : start + chunk]
         part = engine(params, x_all[idx], y_all[idx], weight[:, start : start + chunk], clip)
@@ -301,5 +306,5 @@ def noisy_gradient(
             raise ValueError("noise without clipping has no sensitivity to scale with")
         std = noise_multiplier * clip
         for name, g in total.items():
-            g += std * rng.randn(g.shape)
+            g += std * rng.randn(g.shape).to(g.device)  # drawn on the CPU by the source, then copied
     return {n: g / denominator.view(K, *([1] * (g.ndim - 1))) for n, g in total.items()}, loss

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["build_model", "tanh_cnn", "mlp", "logistic_regression", "cifar_cnn", "ParamLayout"]
+__all__ = [
+    "build_model", "tanh_cnn", "mlp", "logistic_regression", "cifar_cnn", "scatter_cnn", "SCATTERING_MODELS",
+    "ParamLayout",
+]
+
+#: the models that take scattering features (:func:`fltrain.scattering.scattering_features`), not images
+SCATTERING_MODELS = ("scatter-linear", "scatter-cnn")
 
 
 def tanh_cnn(num_classes: int = 10) -> nn.Sequential:
@@ -62,16 +68,37 @@ def cifar_cnn(num_classes: int = 10) -> nn.Sequential:
     )
 
 
+def scatter_cnn(input_shape: tuple[int, ...], num_classes: int = 10) -> nn.Sequential:
+    """The CNN Tramèr & Boneh 2021 train on the scattering features of MNIST-sized images (their ``MNIST_CNN`` for
+    scattering inputs): two 3x3 tanh convolutions (16 channels at stride 2, 32 at stride 1) and a 32-unit tanh
+    layer, for features of ``input_shape = (K, h, w)`` (81x7x7 for 28x28 images)."""
+    channels, height, width = input_shape
+    out_h, out_w = (height - 1) // 2 + 1, (width - 1) // 2 + 1  # the stride-2 convolution with padding 1
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(16, 32, 3, stride=1, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(32 * out_h * out_w, 32),
+        nn.Tanh(),
+        nn.Linear(32, num_classes),
+    )
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int = 10) -> nn.Sequential:
-    """Build model ``name`` (``tanh-cnn``, ``mlp``, ``logreg``, ``cifar-cnn``) for inputs of ``input_shape``."""
+    """Build model ``name`` (``tanh-cnn``, ``mlp``, ``logreg``, ``cifar-cnn``; on scattering features
+    ``scatter-linear``, a linear classifier, and ``scatter-cnn``) for inputs of ``input_shape``."""
     if name == "tanh-cnn":
         return tanh_cnn(num_classes)
     if name == "mlp":
         return mlp(input_shape, num_classes)
-    if name == "logreg":
+    if name in ("logreg", "scatter-linear"):
         return logistic_regression(input_shape, num_classes)
     if name == "cifar-cnn":
         return cifar_cnn(num_classes)
+    if name == "scatter-cnn":
+        return scatter_cnn(input_shape, num_classes)
     raise ValueError(f"unknown model {name!r}")
 
 

@@ -32,6 +32,10 @@ initialisation are seeded separately) and, with ``--insecure-reproducible-noise`
 anyone holding the config can regenerate the noise, so against them the run has no guarantee. Runs made with it
 say so in ``summary.json`` and on every metrics line (``"noise": "insecure-reproducible"``).
 
+Both sources draw on the CPU, whatever ``--device`` says: a GPU run copies each noise vector and each batch's
+indices to the device (:mod:`fltrain.device`), so the one documented generator (and the secret key, which stays
+in host memory) serves every device, and the draws do not depend on the device.
+
 Cost (``benchmarks/`` is where timings live; measured once here, see docs/fltrain.md): AES-CTR produces ~1 GB/s
 with AES-NI, so the Gaussians of one DP-SGD step of 4 clients of the 26,010-parameter CNN cost ~1 ms, against
 ~45 ms for the step itself.
@@ -57,7 +61,8 @@ _TWO_PI = 2.0 * math.pi
 
 
 class RandomSource(Protocol):
-    """What the training code draws from: uniforms, standard Gaussians and permutations as CPU tensors."""
+    """What the training code draws from: uniforms, standard Gaussians and permutations as CPU tensors (copied to
+    the training device by the caller)."""
 
     #: whether the draws are unpredictable to anyone holding the run's config and checkpoints
     secure: bool

@@ -61,10 +61,11 @@ from .client import LocalTrainer, LocalTraining
 from dpcalib.errors import DpcalibError
 
 from .config import ConfigError, RunConfig
-from .data import Dataset, load_dataset, partition, split_validation
+from .data import Dataset, load_inputs, partition, split_validation
+from .device import resolve_device
 from .dpsgd import Engine, make_engine
 from .fedavg import FedAvgServer, Summer, plain_sum
-from .models import ParamLayout, build_model
+from .models import SCATTERING_MODELS, ParamLayout, build_model
 from .privacy import PrivacyLedger, PrivacyMode, build_mode
 from .serveropt import make_server_optimizer
 
@@ -136,8 +137,9 @@ class RunSummary:
 
 def evaluate(model: torch.nn.Module, layout: ParamLayout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
              batch: int = 2000) -> float:
-    """Accuracy (fraction of correct predictions) of ``model`` with flat ``params`` on ``(x, y)``."""
-    named = layout.unflatten(params)
+    """Accuracy (fraction of correct predictions) of ``model`` with flat ``params`` on ``(x, y)``, computed on the
+    device of ``x``."""
+    named = layout.unflatten(params.to(x.device))
     correct = 0
     with torch.no_grad():
         for start in range(0, len(y), batch):
@@ -339,16 +341,20 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         raise ConfigError("an instrumented run (an audit) cannot be resumed; start it again with a new --out")
     hooks = hooks or RunHooks()
     out = Path(cfg.out)
+    device = resolve_device(cfg.device)
     _check_out_dir(cfg, out, resume)  # refused before the data is loaded (reads only; checked again when locked)
     optimizer = make_server_optimizer(cfg.server_opt, lr=cfg.server_lr, momentum=cfg.server_momentum)
     torch.set_num_threads(cfg.threads)
 
-    data = load_dataset(cfg.dataset, cfg.data_dir, train_samples=cfg.train_samples, test_samples=cfg.test_samples)
+    data = load_inputs(cfg.dataset, cfg.data_dir, train_samples=cfg.train_samples, test_samples=cfg.test_samples,
+                       scattering=cfg.resolved_model in SCATTERING_MODELS, device=device)
     validation = None
     if cfg.val_fraction:
         data, validation = split_validation(data, cfg.val_fraction, cfg.seed)
+        validation = (validation[0].to(device), validation[1].to(device))
     records = len(data.y_train)  # the public training-set size sets the default rate, before any canary is planted
     data = hooks.data(data)
+    test = (data.x_test.to(device), data.y_test.to(device))
     members = partition(data.y_train, scheme=cfg.partition, clients=cfg.clients, seed=cfg.seed,
                         shards_per_client=cfg.shards_per_client, alpha=cfg.alpha)
     with torch.random.fork_rng():
@@ -364,9 +370,10 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
         _check_secure_range(summer, mode, cfg)
     local = LocalTraining(local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                           parallel_clients=cfg.parallel_clients, max_physical_batch=cfg.max_physical_batch)
+    initial = layout.flatten(dict(model.named_parameters())).detach()  # the server's parameters stay on the CPU
+    model.to(device)
     engine = hooks.engine(make_engine(model, cfg.engine), layout)
-    trainer = LocalTrainer(layout, engine, data.x_train, data.y_train, members, local)
-    initial = layout.flatten(dict(model.named_parameters())).detach()
+    trainer = LocalTrainer(layout, engine, data.x_train.to(device), data.y_train.to(device), members, local)
     server = FedAvgServer(initial, trainer, mode, summer=summer, optimizer=optimizer)
     hooks.started(model, layout, initial.clone())
     plan = mode.plan
@@ -406,7 +413,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
                                        "train_loss": result.train_loss}
             metrics: dict[str, Any] = {"round": round_index}
             if validation is None:
-                accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
+                accuracy = evaluate(model, layout, server.params, *test)
                 metrics["test_accuracy"] = accuracy
             else:
                 private["val_accuracy"] = evaluate(model, layout, server.params, *validation)
@@ -426,7 +433,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
             progress.round_finished(metrics)
 
         if accuracy is None:  # the test set once (validation split), or no round ran in this call
-            accuracy = evaluate(model, layout, server.params, data.x_test, data.y_test)
+            accuracy = evaluate(model, layout, server.params, *test)
         summary = RunSummary(
             rounds_completed=completed, rounds_planned=cfg.rounds, test_accuracy=accuracy, epsilon=mode.epsilon(),
             delta=delta, sigma=sigma, noise=mode.noise_label, privacy=mode.describe(), seconds=round(elapsed, 3),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from fltrain.dpsgd import make_engine, noisy_gradient, supports_layerwise
-from fltrain.models import ParamLayout, cifar_cnn, logistic_regression, mlp, tanh_cnn
+from fltrain.models import ParamLayout, cifar_cnn, logistic_regression, mlp, scatter_cnn, tanh_cnn
 from fltrain.randomness import ReproducibleRandom, SecureRandom
 
 MODELS = {
@@ -18,6 +18,7 @@ MODELS = {
     "mlp": (lambda: mlp((1, 28, 28)), (1, 28, 28)),
     "logreg": (lambda: logistic_regression((1, 28, 28)), (1, 28, 28)),
     "cifar-cnn": (cifar_cnn, (3, 32, 32)),
+    "scatter-cnn": (lambda: scatter_cnn((81, 7, 7)), (81, 7, 7)),
 }
 
 
