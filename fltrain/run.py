@@ -52,7 +52,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.func import functional_call
@@ -332,6 +332,41 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
+def write_round(
+    out: Path,
+    mode: PrivacyMode,
+    private: dict[str, Any],
+    accuracy_on: Callable[[torch.Tensor, torch.Tensor], float],
+    *,
+    test: tuple[torch.Tensor, torch.Tensor],
+    validation: tuple[torch.Tensor, torch.Tensor] | None,
+    epsilon: float | None,
+    began: tuple[float, float],
+    elapsed: tuple[float, float],
+) -> tuple[dict[str, Any], float, float]:
+    """The end of a round, shared by :func:`run` and the Flower ServerApp: the model's accuracy (on the public
+    test set; with a validation split, on it instead, privately), the round's wall and CPU time since ``began``,
+    and its two lines: ``private`` (which holds ``round``) plus the validation accuracy to the private diagnostics,
+    the public metrics (ε, δ, σ, times and what the mode releases) to metrics.jsonl. Returns the public metrics
+    and the run's wall and CPU seconds with this round's added to ``elapsed``."""
+    metrics: dict[str, Any] = {"round": private["round"]}
+    if validation is None:
+        metrics["test_accuracy"] = accuracy_on(*test)
+    else:
+        private["val_accuracy"] = accuracy_on(*validation)
+    seconds, cpu_seconds = time.perf_counter() - began[0], time.process_time() - began[1]
+    wall, cpu = elapsed[0] + seconds, elapsed[1] + cpu_seconds
+    plan = mode.plan
+    metrics.update({
+        "epsilon": epsilon, "delta": None if plan is None else plan.delta, "sigma": None if plan is None else plan.sigma,
+        "noise": mode.noise_label, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+        "elapsed": round(wall, 3), **mode.release(),
+    })
+    _append(out / PRIVATE, private)
+    _append(out / METRICS, metrics)
+    return metrics, wall, cpu
+
+
 def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = None,
         hooks: RunHooks | None = None) -> RunSummary:
     """Carry out (or, with ``resume``, continue) the run described by ``cfg``, instrumented by ``hooks`` if given;
@@ -411,23 +446,11 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
             result = server.run_round(progress.step, local_lr=cfg.lr * cfg.lr_decay ** (round_index - 1))
             private: dict[str, Any] = {"round": round_index, "clients": len(result.client_ids),
                                        "train_loss": result.train_loss}
-            metrics: dict[str, Any] = {"round": round_index}
-            if validation is None:
-                accuracy = evaluate(model, layout, server.params, *test)
-                metrics["test_accuracy"] = accuracy
-            else:
-                private["val_accuracy"] = evaluate(model, layout, server.params, *validation)
-            seconds = time.perf_counter() - began
-            cpu_seconds = time.process_time() - began_cpu
-            cpu_elapsed += cpu_seconds
-            elapsed += seconds
-            metrics.update({
-                "epsilon": epsilon, "delta": delta, "sigma": sigma, "noise": mode.noise_label,
-                "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "elapsed": round(elapsed, 3),
-                **mode.release(),
-            })
-            _append(out / PRIVATE, private)
-            _append(out / METRICS, metrics)
+            metrics, elapsed, cpu_elapsed = write_round(
+                out, mode, private, lambda x, y: evaluate(model, layout, server.params, x, y), test=test,
+                validation=validation, epsilon=epsilon, began=(began, began_cpu), elapsed=(elapsed, cpu_elapsed),
+            )
+            accuracy = metrics.get("test_accuracy")
             _save_checkpoint(out / CHECKPOINT, _checkpoint(cfg, round_index, elapsed, cpu_elapsed, server, mode))
             completed = round_index
             progress.round_finished(metrics)

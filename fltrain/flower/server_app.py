@@ -50,8 +50,8 @@ from ..data import DataUnavailableError, load_dataset, partition, split_validati
 from ..models import ParamLayout, build_model
 from ..privacy import ClientLevel, PrivacyMode, RecordLevel, build_mode
 from ..run import (
-    CHECKPOINT, LEDGER, METRICS, PRIVATE, SUMMARY, RunSummary, _append, _check_out_dir, _restore, _rewrite_lines,
-    _save_checkpoint, _save_ledger, evaluate,
+    CHECKPOINT, LEDGER, METRICS, PRIVATE, SUMMARY, RunSummary, _check_out_dir, _restore, _rewrite_lines,
+    _save_checkpoint, _save_ledger, evaluate, write_round,
 )
 from ..serveropt import make_server_optimizer
 from .appdir import ERROR_PREFIX, FlowerSettings, parse_run_config
@@ -249,23 +249,11 @@ def serve(cfg: RunConfig, settings: FlowerSettings, grid: Grid, say: Say = _say)
             "round": round_index, "clients": len(replies),
             "train_loss": (sum(n * loss for n, loss in losses) / sum(n for n, _ in losses)) if losses else None,
         }
-        metrics: dict[str, Any] = {"round": round_index}
-        if validation is None:
-            accuracy = evaluate(model, layout, params, data.x_test, data.y_test)
-            metrics["test_accuracy"] = accuracy
-        else:
-            private["val_accuracy"] = evaluate(model, layout, params, *validation)
-        seconds = time.perf_counter() - began
-        cpu_seconds = time.process_time() - began_cpu
-        elapsed += seconds
-        cpu_elapsed += cpu_seconds
-        metrics.update({
-            "epsilon": epsilon, "delta": delta, "sigma": sigma, "noise": mode.noise_label,
-            "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "elapsed": round(elapsed, 3),
-            **mode.release(),
-        })
-        _append(out / PRIVATE, private)
-        _append(out / METRICS, metrics)
+        metrics, elapsed, cpu_elapsed = write_round(
+            out, mode, private, lambda x, y: evaluate(model, layout, params, x, y), test=(data.x_test, data.y_test),
+            validation=validation, epsilon=epsilon, began=(began, began_cpu), elapsed=(elapsed, cpu_elapsed),
+        )
+        accuracy = metrics.get("test_accuracy")
         _save_checkpoint(out / CHECKPOINT, {
             "config": cfg.to_dict(), "round": round_index, "elapsed": elapsed, "cpu_elapsed": cpu_elapsed,
             "server": {"params": params.clone(), "optimizer": optimizer.state_dict()}, "mode": mode.state_dict(),
@@ -273,7 +261,7 @@ def serve(cfg: RunConfig, settings: FlowerSettings, grid: Grid, say: Say = _say)
         completed = round_index
         say(f"fltrain: round {round_index}/{cfg.rounds}: "
             + (f"test_accuracy {accuracy:.4f}  " if validation is None else "")
-            + f"epsilon {'-' if epsilon is None else format(epsilon, '.4f')}  {seconds:.1f}s")
+            + f"epsilon {'-' if epsilon is None else format(epsilon, '.4f')}  {metrics['seconds']:.1f}s")
 
     if accuracy is None:  # the test set once (validation split), or no round ran in this call
         accuracy = evaluate(model, layout, params, data.x_test, data.y_test)
