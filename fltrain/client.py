@@ -106,20 +106,27 @@ class LocalTrainer:
     ) -> ClientUpdates:
         """Train ``client_ids`` from the flat ``global_params`` (P,) with local learning rate ``lr`` (default: the
         plan's); ``on_step(step)`` after each local step of the first group. Batches and noise come from ``rng``.
-        Training runs on the device of the records ``x``; the deltas and losses come back on ``global_params``'s."""
+        Training runs on the device of the records ``x``; the deltas and losses come back on ``global_params``'s.
+        A client without records (only an audit's canary client, :mod:`fltrain.audit.clients`) trains nothing: its
+        delta and loss are 0."""
         device = self.x.device
         start = global_params.to(device)
         # a Poisson-sampled round may have no client (client-level DP): then no delta and no loss
         deltas, losses = [start.new_zeros(0, start.numel())], [start.new_zeros(0)]
         group = self.plan.group_size
         lr = self.plan.lr if lr is None else lr
-        for first in range(0, len(client_ids), group):
-            ids = client_ids[first : first + group]
+        holding = self.sizes[client_ids] > 0
+        trained = client_ids[holding]
+        for first in range(0, len(trained), group):
+            ids = trained[first : first + group]
             delta, loss = self._train_group(start, ids, rng, lr, on_step if first == 0 else None)
             deltas.append(delta)
             losses.append(loss)
         host = global_params.device
-        return ClientUpdates(client_ids, torch.cat(deltas).to(host), self.sizes[client_ids], torch.cat(losses).to(host))
+        delta = torch.zeros(len(client_ids), global_params.numel(), dtype=global_params.dtype, device=host)
+        loss = torch.zeros(len(client_ids), device=host)
+        delta[holding], loss[holding] = torch.cat(deltas).to(host), torch.cat(losses).to(host)
+        return ClientUpdates(client_ids, delta, self.sizes[client_ids], loss)
 
     def _train_group(
         self,

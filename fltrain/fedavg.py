@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from .client import LocalTrainer, LocalTraining
+from .client import ClientUpdates, LocalTrainer, LocalTraining
 from .privacy.mode import PrivacyMode
 from .serveropt import ServerOptimizer, ServerSGD
 
@@ -46,7 +46,8 @@ class RoundResult:
 
 
 class FedAvgServer:
-    """Holds the global parameters (flat, P) and the server optimiser; runs rounds as ``mode`` says."""
+    """Holds the global parameters (flat, P) and the server optimiser; runs rounds as ``mode`` says. ``updates``
+    (an audit's, :meth:`fltrain.run.RunHooks.updates`) sees the cohort's updates before the mode does."""
 
     def __init__(
         self,
@@ -56,8 +57,10 @@ class FedAvgServer:
         *,
         summer: Summer = plain_sum,
         optimizer: ServerOptimizer | None = None,
+        updates: Callable[[ClientUpdates], ClientUpdates] | None = None,
     ) -> None:
         self.params = params.clone()
+        self.updates = updates
         self.trainer = trainer
         self.mode = mode
         self.summer = summer
@@ -71,6 +74,8 @@ class FedAvgServer:
         mode = self.mode
         ids = mode.select()
         updates = self.trainer.train(self.params, ids, mode.rng, on_step, lr=local_lr)
+        if self.updates is not None:
+            updates = self.updates(updates)
         messages = mode.client_message(updates.deltas, updates.num_samples)
         width = mode.message_width(self.params.numel())
         total = self.summer(messages, mode) if len(ids) else torch.zeros(width, dtype=torch.float64)

@@ -57,7 +57,7 @@ from typing import Any, Callable
 import torch
 from torch.func import functional_call
 
-from .client import LocalTrainer, LocalTraining
+from .client import ClientUpdates, LocalTrainer, LocalTraining
 from dpcalib.errors import DpcalibError
 
 from .config import ConfigError, RunConfig
@@ -105,6 +105,15 @@ class RunHooks:
         """The dataset the run trains on, given the loaded one (after the validation split, before partitioning;
         the default record-level rate q is set by the loaded training set, whatever records this adds)."""
         return data
+
+    def clients(self, members: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The federation's clients (their record indices), given the partition; clients added here join a
+        client-level run with a Poisson cohort after its rate ``q`` and denominator were fixed by ``clients``."""
+        return members
+
+    def updates(self, updates: ClientUpdates) -> ClientUpdates:
+        """What the round's cohort sends, given what it trained (before the privacy mode clips, sums, noises)."""
+        return updates
 
     def engine(self, engine: Engine, layout: ParamLayout) -> Engine:
         """The per-sample gradient engine the clients use, given the run's."""
@@ -390,13 +399,14 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     records = len(data.y_train)  # the public training-set size sets the default rate, before any canary is planted
     data = hooks.data(data)
     test = (data.x_test.to(device), data.y_test.to(device))
-    members = partition(data.y_train, scheme=cfg.partition, clients=cfg.clients, seed=cfg.seed,
-                        shards_per_client=cfg.shards_per_client, alpha=cfg.alpha)
+    members = hooks.clients(partition(data.y_train, scheme=cfg.partition, clients=cfg.clients, seed=cfg.seed,
+                                      shards_per_client=cfg.shards_per_client, alpha=cfg.alpha))
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.resolved_model, data.input_shape, data.num_classes)
     layout = ParamLayout.of(model)
-    mode = build_mode(cfg, dim=layout.size, train_records=records, client_sizes=[len(m) for m in members])
+    mode = build_mode(cfg, dim=layout.size, train_records=records, client_sizes=[len(m) for m in members],
+                      population=len(members))
     summer: Summer = plain_sum
     if cfg.secure_agg:
         from .secagg.aggregate import SecureSum  # needs the cryptography package
@@ -409,7 +419,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: Progress | None = Non
     model.to(device)
     engine = hooks.engine(make_engine(model, cfg.engine), layout)
     trainer = LocalTrainer(layout, engine, data.x_train.to(device), data.y_train.to(device), members, local)
-    server = FedAvgServer(initial, trainer, mode, summer=summer, optimizer=optimizer)
+    server = FedAvgServer(initial, trainer, mode, summer=summer, optimizer=optimizer, updates=hooks.updates)
     hooks.started(model, layout, initial.clone())
     plan = mode.plan
     delta = plan.delta if plan is not None else None

@@ -35,6 +35,7 @@ from ..config import ConfigError, RunConfig
 from ..run import SUMMARY, Progress, run
 from .blackbox import MislabelledCanaries
 from .canaries import Canaries, guess
+from .clients import DiracClients
 from .whitebox import DiracCanaries
 
 __all__ = ["THREATS", "AUDIT", "CANARIES", "AuditResult", "run_audit", "LIKELY_CAUSES"]
@@ -84,6 +85,8 @@ class AuditResult:
 
 
 def _canaries(threat: str, m: int, cfg: RunConfig) -> Canaries:
+    if cfg.dp == "client":
+        return DiracClients(m, clip=cfg.client.clip)
     if threat == "white-box":
         return DiracCanaries(m, clip=cfg.sample.clip if cfg.dp == "sample" else None)
     return MislabelledCanaries(m)
@@ -94,20 +97,20 @@ def run_audit(cfg: RunConfig, *, threat: str = "white-box", canaries: int = 1000
               progress: Progress | None = None) -> AuditResult:
     """Audit one run of ``cfg`` with ``canaries`` canaries of ``threat`` (``white-box`` or ``black-box``),
     ``guesses`` guesses (default half the canaries; half "in" on the top scores, half "out" on the bottom ones) at
-    ``confidence``. δ is the ledger's (``delta`` for ``--dp none``, default 1e-5). Writes the files of the module
-    docstring in ``cfg.out``."""
+    ``confidence``. δ is the ledger's (``delta`` for ``--dp none``, default 1e-5). A ``--dp client`` run is audited
+    with white-box canary clients (:mod:`.clients`). Writes the files of the module docstring in ``cfg.out``."""
     if threat not in THREATS:
         raise dpcalib.InvalidArgumentError("threat", threat, "one of " + ", ".join(THREATS))
     m = check.count("canaries", canaries, minimum=2)
     r = m // 2 if guesses is None else check.count("guesses", guesses, minimum=1, maximum=m)
     confidence = check.open_unit("confidence", confidence)
-    if cfg.dp == "client":
-        raise ConfigError("fltrain audit audits record-level runs (--dp sample) and --dp none; canary clients for "
-                          "--dp client are not implemented")
-    if cfg.dp == "sample":
+    if cfg.dp == "client" and (threat != "white-box" or cfg.client_sampling != "poisson"):
+        raise ConfigError("--dp client is audited with white-box canary clients (--threat white-box) joining a "
+                          "Poisson cohort (not --client-sampling fixed or --secure-agg)")
+    if cfg.dp != "none":
         if delta is not None:
-            raise ConfigError("--audit-delta is for --dp none; a --dp sample run is audited at its ledger's delta")
-        delta = cfg.sample.delta
+            raise ConfigError("--audit-delta is for --dp none; a DP run is audited at its ledger's delta")
+        delta = cfg.resolved_delta
     else:
         delta = 1e-5 if delta is None else check.open_unit("audit_delta", delta)
     planted = _canaries(threat, m, cfg)

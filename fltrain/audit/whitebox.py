@@ -68,19 +68,24 @@ class DiracCanaries(Canaries):
         self.controls = torch.zeros(0, dtype=torch.int64)
 
     def data(self, data: Dataset) -> Dataset:
-        features, _ = constant_features(data.x_train, data.x_test)
-        if len(features) < 2:
-            raise ConfigError("white-box canaries need at least two input features that are constant over the "
-                              f"training and test records; {data.name} has {len(features)}")
-        self.features = features
-        self.inputs = int(np.prod(data.input_shape))
+        self._find_features(data)
         chosen = torch.nonzero(torch.from_numpy(self.included)).flatten()
         x = torch.zeros(len(chosen), *data.input_shape, dtype=data.x_train.dtype)  # never seen by the model
         y = -1 - chosen  # canary c is label −(c+1): the engine wrapper recognises it
         return Dataset(data.name, torch.cat([data.x_train, x]), torch.cat([data.y_train, y]), data.x_test,
                        data.y_test, data.num_classes)
 
-    def engine(self, engine: Engine, layout: ParamLayout) -> Engine:
+    def _find_features(self, data: Dataset) -> None:
+        """The constant input features of ``data`` (before the coins are used)."""
+        features, _ = constant_features(data.x_train, data.x_test)
+        if len(features) < 2:
+            raise ConfigError("white-box canaries need at least two input features that are constant over the "
+                              f"training and test records; {data.name} has {len(features)}")
+        self.features = features
+        self.inputs = int(np.prod(data.input_shape))
+
+    def _place(self, layout: ParamLayout) -> None:
+        """Each canary's coordinate and its control in the flat parameters of ``layout``."""
         shape = layout.shapes[0]
         if len(shape) != 2 or shape[1] != self.inputs:
             raise ConfigError("white-box canaries need a model whose first layer is linear on the input features "
@@ -96,6 +101,9 @@ class DiracCanaries(Canaries):
         i = hosts[torch.arange(self.m) // outputs]
         self.coords = o * inputs + i  # the first parameter is the first block of the flat vector
         self.controls = o * inputs + control
+
+    def engine(self, engine: Engine, layout: ParamLayout) -> Engine:
+        self._place(layout)
         size = self.size
         coords = self.coords
 

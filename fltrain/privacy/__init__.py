@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..randomness import RandomSource, ReproducibleRandom, SecureRandom
 from .clientlevel import ClientLevel
 from .cohort import FixedCohort, PoissonCohort
@@ -36,13 +36,20 @@ def _rng(cfg: RunConfig) -> RandomSource:
     return ReproducibleRandom(cfg.seed + 1) if cfg.insecure_reproducible_noise else SecureRandom()
 
 
-def build_mode(cfg: RunConfig, *, dim: int, train_records: int, client_sizes: list[int] | None = None) -> PrivacyMode:
+def build_mode(cfg: RunConfig, *, dim: int, train_records: int, client_sizes: list[int] | None = None,
+               population: int | None = None) -> PrivacyMode:
     """The privacy mode of ``cfg`` for a model of ``dim`` parameters trained on ``train_records`` records (the
     public size of the training set; it sets the default record-level rate). Plans (calibrates σ) on the way.
 
     ``client_sizes``: the clients' record counts, needed by record-level DP with the ``fixed`` and ``shuffle``
-    samplers (public under their replace-one relation; the plan is the smallest client's)."""
+    samplers (public under their replace-one relation; the plan is the smallest client's).
+
+    ``population``: the clients of the federation when an audit's canary clients join the configured ``clients``
+    (client-level DP with a Poisson cohort only: ``q`` and the denominator stay those of ``clients``)."""
     n = cfg.clients
+    if population not in (None, n) and not (cfg.dp == "client" and cfg.client_sampling == "poisson"):
+        raise ConfigError(f"{population} clients where clients = {n}: canary clients join a client-level run with a "
+                          "Poisson cohort only")
     if cfg.dp == "none":
         return NoPrivacy(cohort=FixedCohort(n, cfg.cohort_size), seed=cfg.seed, train_records=train_records)
     if cfg.dp == "sample":
@@ -57,7 +64,7 @@ def build_mode(cfg: RunConfig, *, dim: int, train_records: int, client_sizes: li
                                   sigma=s.sigma, sampler=s.sampler, **batches)
     c = cfg.client
     m = cfg.clients_per_round
-    cohort = FixedCohort(n, round(m)) if cfg.client_sampling == "fixed" else PoissonCohort(n, m)
+    cohort = FixedCohort(n, round(m)) if cfg.client_sampling == "fixed" else PoissonCohort(n, m, population)
     return ClientLevel.create(cohort=cohort, rng=_rng(cfg), dim=dim, rounds=cfg.rounds, eps=c.eps,
                               delta=cfg.resolved_delta, clip=c.clip, accountant=c.accountant, sigma=c.sigma,
                               adaptive_clip=c.adaptive_clip, target_quantile=c.target_quantile, clip_lr=c.clip_lr,

@@ -7,7 +7,8 @@
   federations must have the same number of clients.
 - :class:`PoissonCohort`: every client independently with probability ``q = expected/N``; the realised count is
   Binomial(N, q) and private. Accounted as ``PoissonSampled(q, Gaussian(σ))`` under add/remove (Mironov, Talwar,
-  Zhang 2019).
+  Zhang 2019), which holds whatever the number of clients: an audit's canary clients (:mod:`fltrain.audit`) join
+  the ``population`` after ``q`` was fixed by the public ``N``, and are sampled with that ``q`` like any client.
 
 σ is always the noise std divided by the clip norm C; for the replace-one relation the sensitivity of a clipped
 sum is 2C, which dpcalib applies inside its replace-one accounting.
@@ -67,16 +68,22 @@ class FixedCohort:
 
 @dataclass(frozen=True)
 class PoissonCohort:
-    """Every client independently with probability ``q = expected / num_clients``; the count is private."""
+    """Every client independently with probability ``q = expected / num_clients``; the count is private.
+
+    ``population``: the clients actually drawn from, when more than the public ``num_clients`` that set ``q`` (an
+    audit's canary clients); each is included with the same ``q``."""
 
     num_clients: int
     expected_size: float
+    population: int | None = None
 
     def __post_init__(self) -> None:
         n = check.count("clients", self.num_clients)
         m = check.positive("expected_clients", self.expected_size)
         if m > n:
             raise InvalidArgumentError("expected_clients", self.expected_size, f"in (0, clients={n}]")
+        if self.population is not None:
+            check.count("population", self.population, minimum=n)
 
     neighbouring = Neighbouring.ADD_REMOVE
 
@@ -97,7 +104,8 @@ class PoissonCohort:
         """Sorted ids of the clients whose float64 uniform falls below ``q`` rounded down to the 2^-53 grid (so
         the inclusion probability is at most the accounted ``q``); possibly none."""
         threshold = torch.floor(torch.tensor(self.q, dtype=torch.float64) * 2.0**53) * 2.0**-53
-        return torch.nonzero(rng.rand(self.num_clients, torch.float64) < threshold).flatten()
+        drawn = self.num_clients if self.population is None else self.population
+        return torch.nonzero(rng.rand(drawn, torch.float64) < threshold).flatten()
 
     def event(self, sigma: float) -> Event:
         """One release on the cohort: ``PoissonSampled(q, Gaussian(σ))`` (add/remove)."""

@@ -106,7 +106,8 @@ def test_old_flat_config_files_keep_working(data_root, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--dp", "client", "--delta", "1e-5"], "canary clients for --dp client are not implemented"),
+    (["--dp", "client", "--delta", "1e-5", "--threat", "black-box"], "white-box canary clients"),
+    (["--dp", "client", "--delta", "1e-5", "--client-sampling", "fixed"], "joining a Poisson cohort"),
     (["--model", "tanh-cnn"], "first layer is linear on the input features"),
     (["--model", "logreg", "--canaries", "100000"], "this model and dataset hold at most"),
     (["--canaries", "1"], "canaries must be an integer >= 2"),

@@ -1,4 +1,5 @@
-"""The canaries' parts without training: guesses, constant features, the Dirac engine wrapper, mislabelled records."""
+"""The canaries' parts without training: guesses, constant features, the Dirac engine wrapper, mislabelled records,
+canary clients."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import torch
 
 from fltrain.audit.blackbox import MislabelledCanaries
 from fltrain.audit.canaries import guess
+from fltrain.audit.clients import DiracClients
 from fltrain.audit.whitebox import BOOST, DiracCanaries, constant_features
+from fltrain.client import ClientUpdates
 from fltrain.config import ConfigError
 from fltrain.data import Dataset
 from fltrain.dpsgd import make_engine
@@ -91,3 +94,23 @@ def test_mislabelled_canaries_come_from_the_test_tail_with_wrong_labels():
     canaries.finished(params)
     scores = canaries.scores()
     assert scores.shape == (5,) and (scores < 0).all()
+
+
+def test_canary_clients_join_without_records_and_send_their_dirac():
+    data = _tiny()
+    model = build_model("logreg", data.input_shape)
+    layout = ParamLayout.of(model)
+    canaries = DiracClients(6, clip=0.5)
+    assert canaries.data(data) is data  # no records are planted
+    assert canaries.engine(make_engine(model), layout) is not None
+    members = [torch.arange(6), torch.arange(6, 12)]
+    federation = canaries.clients(members)
+    chosen = torch.nonzero(torch.from_numpy(canaries.included)).flatten()
+    assert len(federation) == 2 + len(chosen) and all(len(m) == 0 for m in federation[2:])
+    ids = torch.arange(len(federation))
+    deltas = torch.randn(len(ids), layout.size)
+    sent = canaries.updates(ClientUpdates(ids, deltas, torch.zeros(len(ids)), torch.zeros(len(ids))))
+    assert torch.equal(sent.deltas[:2], deltas[:2])  # the real clients' updates are untouched
+    expected = torch.zeros(len(chosen), layout.size)
+    expected[torch.arange(len(chosen)), canaries.coords[chosen]] = -BOOST * 0.5  # norm 4C: the mode clips it to C
+    assert torch.equal(sent.deltas[2:], expected)

@@ -53,6 +53,15 @@ def test_poisson_threshold_is_the_accounted_q_rounded_down():
     assert len(cohort.sample(_Constant(below))) == 0  # P(U < threshold) = threshold <= q
 
 
+def test_poisson_population_keeps_q_and_draws_every_client_of_it():
+    cohort = PoissonCohort(10, 1.0, population=25)  # 15 canary clients joined after q was fixed by 10 clients
+    below = math.floor(0.1 * 2**53) / 2**53
+    assert cohort.sample(_Constant(below - 2**-53)).tolist() == list(range(25))
+    assert cohort.q == 0.1 and cohort.expected == 1.0 and cohort.event(1.0) == PoissonSampled(0.1, Gaussian(1.0))
+    with pytest.raises(InvalidArgumentError, match="population"):
+        PoissonCohort(10, 1.0, population=9)
+
+
 def test_fixed_cohort_is_uniform_with_exact_size():
     n, size, trials = 12, 4, 6000
     cohort = FixedCohort(n, size)
