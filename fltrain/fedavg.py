@@ -39,7 +39,7 @@ def plain_sum(messages: torch.Tensor, mode: PrivacyMode) -> torch.Tensor:
 @dataclass
 class RoundResult:
     """What one round did, for the run's *private* diagnostics: the cohort and its record-count-weighted mean
-    training loss (``None`` when a Poisson cohort was empty). Neither is a DP release."""
+    training loss (``None`` when no client with records trained). Neither is a DP release."""
 
     client_ids: torch.Tensor
     train_loss: float | None
@@ -82,7 +82,8 @@ class FedAvgServer:
         update = mode.server_update(total)
         self.optimizer.step(self.params, update.to(self.params.dtype))
         weights = updates.num_samples.to(torch.float64)
-        loss = float((weights * updates.train_loss.to(torch.float64)).sum() / weights.sum()) if len(ids) else None
+        # no loss when no client with records trained (an empty Poisson cohort, or only an audit's canary clients)
+        loss = float((weights * updates.train_loss.to(torch.float64)).sum() / weights.sum()) if weights.sum() else None
         return RoundResult(ids, loss)
 
     def state_dict(self) -> dict[str, Any]:
